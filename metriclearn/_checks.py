@@ -1,0 +1,117 @@
+"""Trace-time argument checks shared by every module.
+
+Every check runs in Python on static information (shapes, dtypes, Python numbers, and
+the values of concrete arrays), so it raises while a function is traced, before any
+computation, and never inside compiled code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def concrete_value(x: Any) -> np.ndarray | None:
+  """Returns ``x`` as a NumPy array when its value is known at trace time, else None."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(x)
+  except Exception:  # noqa: BLE001 - anything that cannot be read is not concrete
+    return None
+
+
+def as_float(x: Any, name: str) -> jax.Array:
+  """Converts to a floating array; bfloat16 and float16 become float32."""
+  x = jnp.asarray(x)
+  if not (
+    jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+  ):
+    raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}.")
+  if x.dtype in _LOW_PRECISION or not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  return x
+
+
+def common_float(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Casts float arrays to their widest dtype (float64 wins only under x64)."""
+  dtype = jnp.result_type(*[a.dtype for a in arrays])
+  return tuple(a.astype(dtype) for a in arrays)
+
+
+def check_positive(value: Any, name: str) -> None:
+  """Raises ValueError if ``value`` is known now and is not > 0 everywhere."""
+  v = concrete_value(value)
+  if v is not None and not np.all(v > 0):
+    raise ValueError(f"{name} must be > 0, got {v.tolist()}.")
+
+
+def check_non_negative(value: Any, name: str) -> None:
+  """Raises ValueError if ``value`` is known now and is < 0 anywhere."""
+  v = concrete_value(value)
+  if v is not None and not np.all(v >= 0):
+    raise ValueError(f"{name} must be >= 0, got {v.tolist()}.")
+
+
+def check_in_range(value: Any, name: str, low: float, high: float) -> None:
+  """Raises ValueError if ``value`` is known now and is outside [low, high]."""
+  v = concrete_value(value)
+  if v is not None and not np.all((v >= low) & (v <= high)):
+    raise ValueError(f"{name} must lie in [{low}, {high}], got {v.tolist()}.")
+
+
+def check_rank(x: jax.Array, rank: int, name: str, what: str = "") -> None:
+  if x.ndim != rank:
+    hint = f" ({what})" if what else ""
+    raise ValueError(f"{name} must be {rank}-D{hint}, got shape {tuple(x.shape)}.")
+
+
+def check_labels(labels: Any, n: int, name: str = "labels") -> jax.Array:
+  """Checks integer labels of shape [n]; -1 marks padding."""
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"{name} must be integers, got dtype {labels.dtype}.")
+  if labels.shape != (n,):
+    raise ValueError(
+      f"{name} must have shape ({n},) to match the embeddings, got "
+      f"{tuple(labels.shape)}."
+    )
+  return labels
+
+
+def check_mask(mask: Any, shape: tuple[int, ...], name: str) -> jax.Array:
+  """Checks a boolean (or 0/1) mask of a given shape and returns it as bool."""
+  mask = jnp.asarray(mask)
+  if mask.shape != shape:
+    raise ValueError(f"{name} must have shape {shape}, got {tuple(mask.shape)}.")
+  if mask.dtype != jnp.bool_:
+    v = concrete_value(mask)
+    if v is not None and not np.all((v == 0) | (v == 1)):
+      raise ValueError(f"{name} must be boolean or 0/1, got other values.")
+    mask = mask != 0
+  return mask
+
+
+def check_similar(similar: Any, name: str = "similar") -> jax.Array:
+  """Checks a scalar pair label (bool, or a 0/1 number) and returns it as float."""
+  similar = jnp.asarray(similar)
+  if similar.shape != ():
+    raise ValueError(
+      f"{name} must be a scalar (one pair; vmap for a batch), got shape "
+      f"{tuple(similar.shape)}."
+    )
+  if similar.dtype != jnp.bool_:
+    if not (
+      jnp.issubdtype(similar.dtype, jnp.integer)
+      or jnp.issubdtype(similar.dtype, jnp.floating)
+    ):
+      raise TypeError(f"{name} must be bool or 0/1, got dtype {similar.dtype}.")
+    v = concrete_value(similar)
+    if v is not None and v not in (0, 1):
+      raise ValueError(f"{name} must be True/False or 0/1, got {v.item()}.")
+  return similar != 0

@@ -1,0 +1,82 @@
+"""Reductions that never divide by zero: an empty selection gives 0 and a zero gradient.
+
+Losses return unreduced values (one per pair or per anchor); these functions reduce
+them. ``jnp.where`` (not multiplication by a mask) keeps a NaN or infinity in an
+excluded entry from reaching the result or its gradient.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _count(mask: jax.Array, axis, keepdims: bool = False) -> jax.Array:
+  return jnp.sum(mask, axis=axis, keepdims=keepdims)
+
+
+def masked_sum(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """Sum of ``values`` where ``mask`` is True."""
+  return jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
+
+
+def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """Mean of ``values`` over the entries where ``mask`` is True; 0 where there are none.
+
+  With ``axis=1`` on an [n, m] array this is the per-anchor mean over candidates.
+  """
+  mask = jnp.broadcast_to(mask, values.shape)
+  count = _count(mask, axis)
+  total = masked_sum(values, mask, axis)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+
+
+def mean_over_valid(values: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Scalar mean over the valid entries (all if ``valid`` is None); 0 if none."""
+  if valid is None:
+    return jnp.mean(values) if values.size else jnp.zeros((), values.dtype)
+  return masked_mean(values, valid)
+
+
+def mean_over_nonzero(
+  values: jax.Array, valid: jax.Array | None = None, *, threshold: float = 0.0
+) -> jax.Array:
+  """Scalar mean over the entries greater than ``threshold`` (pytorch-metric-learning's
+  ``AvgNonZeroReducer``): easy, zero-loss entries do not dilute the average."""
+  mask = values > threshold
+  if valid is not None:
+    mask &= valid
+  return masked_mean(values, mask)
+
+
+def masked_max(values: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
+  """Max over the masked entries along ``axis``; 0 where there are none."""
+  low = jnp.finfo(values.dtype).min
+  out = jnp.max(jnp.where(mask, values, low), axis=axis)
+  return jnp.where(jnp.any(mask, axis=axis), out, 0.0)
+
+
+def masked_min(values: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
+  """Min over the masked entries along ``axis``; 0 where there are none."""
+  return -masked_max(-values, mask, axis=axis)
+
+
+def masked_logsumexp(
+  x: jax.Array, mask: jax.Array, axis: int = -1, *, keepdims: bool = False
+) -> jax.Array:
+  r""":math:`\log \sum_{j \in mask} e^{x_j}` along ``axis``, stable for large ``x``.
+
+  Where no entry is selected the result is ``-inf`` in value but the gradient is 0 (no
+  NaN); callers test ``jnp.any(mask, axis)`` to replace it.
+  """
+  mask = jnp.broadcast_to(mask, x.shape)
+  any_ = jnp.any(mask, axis=axis, keepdims=True)
+  safe_x = jnp.where(mask, x, jnp.finfo(x.dtype).min)
+  peak = jax.lax.stop_gradient(
+    jnp.where(any_, jnp.max(safe_x, axis=axis, keepdims=True), 0.0)
+  )
+  total = jnp.sum(
+    jnp.where(mask, jnp.exp(safe_x - peak), 0.0), axis=axis, keepdims=True
+  )
+  out = jnp.where(any_, jnp.log(jnp.where(any_, total, 1.0)) + peak, -jnp.inf)
+  return out if keepdims else jnp.squeeze(out, axis=axis)
