@@ -26,7 +26,7 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   With ``axis=1`` on an [n, m] array this is the per-anchor mean over candidates.
   """
   mask = jnp.broadcast_to(mask, values.shape)
-  count = _count(mask, axis)
+  count = _count(mask, axis).astype(values.dtype)
   total = masked_sum(values, mask, axis)
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
