@@ -2,7 +2,8 @@
 
 Every check runs in Python on static information (shapes, dtypes, Python numbers, and
 the values of concrete arrays), so it raises while a function is traced, before any
-computation, and never inside compiled code.
+computation, and never inside compiled code. Check a value before converting it: inside
+``jit``, ``jnp.asarray(0.5)`` is already a tracer whose value is unknown.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def check_mask(mask: Any, shape: tuple[int, ...], name: str) -> jax.Array:
     v = concrete_value(mask)
     if v is not None and not np.all((v == 0) | (v == 1)):
       raise ValueError(f"{name} must be boolean or 0/1, got other values.")
-    mask = mask != 0
+    mask = mask != jnp.zeros((), mask.dtype)
   return mask
 
 
@@ -114,4 +115,5 @@ def check_similar(similar: Any, name: str = "similar") -> jax.Array:
     v = concrete_value(similar)
     if v is not None and v not in (0, 1):
       raise ValueError(f"{name} must be True/False or 0/1, got {v.item()}.")
-  return similar != 0
+    similar = similar != jnp.zeros((), similar.dtype)
+  return similar

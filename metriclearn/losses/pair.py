@@ -176,9 +176,9 @@ def pair_logit(
 ) -> jax.Array:
   r"""The logit :math:`b - s\,D(x_1, x_2)` of the probability that a pair is similar."""
   x1, x2 = _one_pair(x1, x2)
+  _checks.check_positive(scale, "scale")  # before conversion: a Python number is known
   scale = _scalar_param(scale, "scale")
   bias = _scalar_param(bias, "bias")
-  _checks.check_positive(scale, "scale")
   return bias - scale * distances.get_distance(distance)(x1, x2)
 
 
