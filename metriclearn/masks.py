@@ -35,7 +35,8 @@ def self_mask(n: int, m: int, offset: int | jax.Array = 0) -> jax.Array:
   ``offset`` is the position of the first anchor among the candidates, e.g.
   ``axis_index * n`` when the candidates are gathered from every device.
   """
-  return jnp.arange(n)[:, None] + offset == jnp.arange(m)[None, :]
+  rows = jnp.arange(n)[:, None]
+  return rows + jnp.asarray(offset).astype(rows.dtype) == jnp.arange(m)[None, :]
 
 
 def valid_mask(

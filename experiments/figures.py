@@ -1,0 +1,89 @@
+"""Figures every run writes: training curves, a 2-D map of held-out embeddings,
+positive/negative distance histograms and the verification ROC curve (PNG files)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def training_curves(history: list[dict], path) -> pathlib.Path:
+  """Loss against step (left) and every evaluation metric against step (right)."""
+  fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
+  steps = [h["step"] for h in history if "loss" in h]
+  ax_loss.plot(steps, [h["loss"] for h in history if "loss" in h], lw=1)
+  ax_loss.set(xlabel="step", ylabel="training loss", title="training loss")
+  evals = [h for h in history if any(k.startswith("eval/") for k in h)]
+  for key in sorted({k for h in evals for k in h if k.startswith("eval/")}):
+    pts = [(h["step"], h[key]) for h in evals if key in h]
+    ax_eval.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key[5:])
+  ax_eval.set(xlabel="step", ylabel="held-out metric", title="held-out classes")
+  if evals:
+    ax_eval.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def embedding_map(
+  embeddings: np.ndarray, labels: np.ndarray, path, *, method: str = "tsne", seed=0
+) -> pathlib.Path:
+  """Held-out embeddings projected to 2-D (t-SNE or PCA), coloured by class."""
+  embeddings = np.asarray(embeddings, np.float64)
+  if method == "tsne" and len(embeddings) > 5:
+    perplexity = min(30.0, (len(embeddings) - 1) / 3)
+    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+      embeddings
+    )
+  else:
+    xy = PCA(2, random_state=seed).fit_transform(embeddings)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  classes = np.unique(labels)
+  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
+  for i, c in enumerate(classes):
+    pts = xy[labels == c]
+    color = cmap(i if len(classes) <= 10 else i / max(len(classes) - 1, 1))
+    ax.scatter(pts[:, 0], pts[:, 1], s=6, color=color, label=str(c))
+  if len(classes) <= 10:
+    ax.legend(fontsize=7, markerscale=2, title="class")
+  ax.set(title=f"held-out embeddings ({method.upper()})", xticks=[], yticks=[])
+  return _save(fig, path)
+
+
+def distance_histograms(
+  pos_dist: np.ndarray, neg_dist: np.ndarray, path, *, threshold: float | None = None
+) -> pathlib.Path:
+  """Histograms of positive and negative pair distances (density, shared bins)."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  bins = np.histogram_bin_edges(np.concatenate([pos_dist, neg_dist]), bins=60)
+  ax.hist(neg_dist, bins=bins, density=True, alpha=0.6, label="different class")
+  ax.hist(pos_dist, bins=bins, density=True, alpha=0.6, label="same class")
+  if threshold is not None:
+    ax.axvline(threshold, color="k", ls="--", lw=1, label="best threshold")
+  ax.set(xlabel="distance", ylabel="density", title="held-out pair distances")
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, path) -> pathlib.Path:
+  """Verification ROC curve of held-out pairs, with its AUC."""
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.plot(fpr, tpr, lw=1.5, label=f"AUC = {auc:.4f}")
+  ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+  ax.set(xlabel="false accept rate", ylabel="true accept rate", title="verification ROC")
+  ax.legend(loc="lower right")
+  return _save(fig, path)
