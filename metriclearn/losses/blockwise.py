@@ -1,0 +1,1651 @@
+r"""Blockwise in-batch losses: the dense losses' values and gradients in O(n x block)
+memory, on one device or passed around a ring of devices.
+
+A dense in-batch loss builds [n, m] similarity matrices (a few of them, in the forward
+and the backward pass): 17 GB each at n = m = 65536. The losses here are reductions
+over candidates (sums, log-sum-exps, maxima), so they are computed over blocks: an
+outer ``lax.map`` over blocks of anchors, an inner ``lax.scan`` over blocks of
+candidates, with running statistics (a running log-sum-exp keeps a running maximum).
+The backward pass is a ``jax.custom_vjp`` that recomputes each block's similarities,
+as flash attention does: peak memory grows with ``block_a x block_c`` and with
+``(n + m) d``, never with ``n m``. A loss that needs a per-anchor statistic before its
+sum (NT-Xent's negative log-sum-exp, the multi-similarity mining thresholds) makes two
+forward sweeps; the backward pass is always one sweep (the dependence of the second
+sweep on the first is a per-anchor derivative taken in the forward sweep).
+
+Every loss has the signature of its dense form in :mod:`metriclearn.losses.softmax`,
+:mod:`~metriclearn.losses.pair_weighting` or :mod:`~metriclearn.losses.triplet`, the
+same defaults and the same values, plus:
+
+* ``block_size``: an int (anchor and candidate blocks) or ``(block_a, block_c)``.
+  Blocks need not divide the batch: padding rows (label -1) fill the last block and
+  take part in nothing.
+* ``ring``: with ``axis_name``, pass the candidates around the devices with
+  ``lax.ppermute`` (one shard per step, W steps) instead of gathering them: no device
+  ever holds the global candidate set, and the backward pass sends each shard's
+  gradient around the ring back to its owner. Without ``ring``, ``axis_name`` gathers
+  the candidates with ``lax.all_gather`` exactly as the dense losses do.
+
+Gradients are reverse-mode only (``jax.grad``, ``jax.vjp``); forward-mode (``jvp``)
+is not defined through the custom VJP. Learnable arguments (``temperature``,
+``scale``, ``bias``, ``beta``) get gradients; the other options (margins, scales
+written as numbers) are constants.
+
+:func:`blockwise_reduce` is the engine; a new loss is a few :class:`Pass` term
+functions and a per-anchor formula on the statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metriclearn import _checks, distances, masks
+from metriclearn.losses import _batch, triplet
+from metriclearn.losses import pair_weighting as _pw
+from metriclearn.losses.pair import contrastive_from_distance
+
+BlockSize = int | tuple[int, int]
+DEFAULT_BLOCK_SIZE = 1024
+
+# ----------------------------------------------------------------------------------
+# The engine.
+
+
+class Block(NamedTuple):
+  """What a term function sees: one block of anchors against one block of candidates.
+
+  ``s`` is the similarity (or distance) of the block; ``positive`` / ``negative`` the
+  pair masks (padding, self-pairs, ``mask`` and ``positive_mask`` already applied);
+  ``prev`` the per-anchor statistics of the earlier passes, in order.
+  """
+
+  s: jax.Array  # [ba, bc]
+  positive: jax.Array  # [ba, bc] bool
+  negative: jax.Array  # [ba, bc] bool
+  params: Any  # differentiable parameters (pytree of arrays)
+  consts: Any  # non-differentiable options (pytree of arrays)
+  a_aux: Any  # per-anchor arrays [ba, ...] (differentiable)
+  c_aux: Any  # per-candidate arrays [bc, ...] (differentiable)
+  prev: tuple[jax.Array, ...]  # [ba] statistics of the earlier passes
+  a_index: jax.Array  # [ba] position of each anchor in the global batch
+  c_index: jax.Array  # [bc] position of each candidate among all candidates
+
+
+TermFn = Callable[[Block], Sequence[tuple[jax.Array, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+  """One sweep over all candidates: per-anchor statistics of ``terms(block)``.
+
+  ``terms`` returns one ``(values [ba, bc], mask [ba, bc] bool)`` per statistic and
+  ``kinds`` says how each is reduced over the candidates in ``mask``: ``'sum'``,
+  ``'lse'`` (log-sum-exp, 0 where the mask is empty), ``'max'`` or ``'min'`` (-inf /
+  +inf where empty; not differentiated: use them for thresholds). ``prev_grad`` lists
+  the indices of the earlier statistics (flattened over the earlier passes) whose
+  influence on this pass is differentiated; 'sum' and 'lse' statistics only.
+  """
+
+  terms: TermFn
+  kinds: tuple[str, ...]
+  prev_grad: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  passes: tuple[Pass, ...]
+  sim_fn: Callable[[jax.Array, jax.Array], jax.Array]
+  block_a: int
+  block_c: int
+  n: int  # real anchors (local)
+  m: int  # real candidates (per shard in the ring, else all)
+  self_pairs: bool
+  label_comparison: Callable | None
+  axis_name: str | None
+  ring: bool
+
+
+def _pad_rows(x: jax.Array, rows: int, value) -> jax.Array:
+  if x.shape[0] == rows:
+    return x
+  fill = jnp.full((rows - x.shape[0],) + x.shape[1:], value).astype(x.dtype)
+  return jnp.concatenate([x, fill], axis=0)
+
+
+def _pad_tree(tree: Any, rows: int) -> Any:
+  return jax.tree.map(lambda x: _pad_rows(x, rows, 0), tree)
+
+
+def _slice_rows(tree: Any, start, size: int) -> Any:
+  return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, 0), tree)
+
+
+def _varying_axes(x: jax.Array) -> set[str]:
+  t = jax.typeof(x)
+  manual = getattr(t, "manual_axis_type", None)
+  if manual is not None:
+    return set(manual.varying)
+  return set(getattr(t, "vma", None) or ())
+
+
+def _vary(tree: Any, *refs: jax.Array) -> Any:
+  """Marks ``tree`` as varying over the mapped axes that ``refs`` vary over (inside
+  ``shard_map`` loop carries are typed by those axes; elsewhere a no-op)."""
+  axes = set().union(*(_varying_axes(r) for r in refs))
+
+  def cast(x):
+    missing = tuple(sorted(axes - _varying_axes(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree) if axes else tree
+
+
+def _like_primal(cts: Any, primals: Any) -> Any:
+  """Sums cotangents over the mapped axes their primal does not vary over: a value
+  shared by every device (e.g. a temperature in ``shard_map``) gets the total."""
+
+  def fix(ct, x):
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(x)))
+    return jax.lax.psum(ct, extra) if extra else ct
+
+  return jax.tree.map(fix, cts, primals)
+
+
+def _round_up(x: int, b: int) -> int:
+  return -(-x // b) * b
+
+
+# Running statistics. State per statistic: 'sum' (acc, jac), 'lse' (max, sumexp, jac),
+# 'max' / 'min' (value,). ``jac`` [ba, p]: derivative w.r.t. the differentiated prev.
+
+
+def _init_stat(kind: str, rows: int, p: int, dtype) -> tuple:
+  zeros = jnp.zeros((rows,), dtype)
+  jac = jnp.zeros((rows, p), dtype)
+  if kind == "sum":
+    return (zeros, jac)
+  if kind == "lse":
+    return (jnp.full((rows,), jnp.finfo(dtype).min, dtype), zeros, jac)
+  if kind == "max":
+    return (jnp.full((rows,), -jnp.inf, dtype),)
+  if kind == "min":
+    return (jnp.full((rows,), jnp.inf, dtype),)
+  raise ValueError(f"kind must be one of 'sum', 'lse', 'max', 'min', got {kind!r}.")
+
+
+def _update_stat(kind: str, state: tuple, v, mask, dvs) -> tuple:
+  def jac_sum(weights):
+    cols = [jnp.sum(jnp.where(mask, weights * dv, 0.0), axis=1) for dv in dvs]
+    return jnp.stack(cols, axis=1) if cols else state[-1]
+
+  if kind == "sum":
+    acc, jac = state
+    acc = acc + jnp.sum(jnp.where(mask, v, 0.0), axis=1)
+    return (acc, jac + jac_sum(1.0) if dvs else jac)
+  if kind == "lse":
+    mx, se, jac = state
+    low = jnp.finfo(v.dtype).min
+    new = jnp.maximum(mx, jnp.max(jnp.where(mask, v, low), axis=1))
+    scale = jnp.exp(mx - new)
+    e = jnp.where(mask, jnp.exp(jnp.where(mask, v, new[:, None]) - new[:, None]), 0.0)
+    se = se * scale + jnp.sum(e, axis=1)
+    if dvs:
+      jac = jac * scale[:, None] + jac_sum(e)
+    return (new, se, jac)
+  if kind == "max":
+    return (jnp.maximum(state[0], jnp.max(jnp.where(mask, v, -jnp.inf), axis=1)),)
+  return (jnp.minimum(state[0], jnp.min(jnp.where(mask, v, jnp.inf), axis=1)),)
+
+
+def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, jax.Array | None]:
+  """(value [rows], jacobian [rows, p] or None)."""
+  if kind == "sum":
+    return state[0], state[1]
+  if kind == "lse":
+    mx, se, jac = state
+    has = se > 0
+    safe = jnp.where(has, se, 1.0)
+    return jnp.where(has, mx + jnp.log(safe), 0.0), jac / safe[:, None]
+  return state[0], None
+
+
+class _Shard(NamedTuple):
+  """The candidates one sweep runs over (all of them, or one device's in the ring)."""
+
+  c: jax.Array  # [mc, d] padded
+  labels: jax.Array  # [mc, ...] padded with -1
+  aux: Any  # [mc, ...]
+  positive_mask: jax.Array | None  # [na, mc] columns of this shard
+  mask: jax.Array | None  # [na, mc]
+  base: jax.Array  # global index of the shard's first candidate
+
+
+class _Anchors(NamedTuple):
+  a: jax.Array  # [na, d] padded
+  labels: jax.Array
+  aux: Any
+  base: jax.Array  # global index of the first local anchor
+
+
+def _block(cfg: _Config, anc: _Anchors, sh: _Shard, i0, j0, params, consts, prev):
+  """The Block for anchor rows [i0, i0 + ba) and shard candidates [j0, j0 + bc)."""
+  ba, bc = cfg.block_a, cfg.block_c
+  a_labels = _slice_rows(anc.labels, i0, ba)
+  c_labels = _slice_rows(sh.labels, j0, bc)
+
+  def cut(x):
+    return None if x is None else jax.lax.dynamic_slice(x, (i0, j0), (ba, bc))
+
+  offset = anc.base + i0 - sh.base - j0 if cfg.self_pairs else None
+  pos, neg = masks.pair_masks(
+    a_labels,
+    c_labels,
+    self_offset=offset,
+    label_comparison=cfg.label_comparison,
+    positive_mask=cut(sh.positive_mask),
+  )
+  local_i = i0 + jnp.arange(ba)
+  local_j = j0 + jnp.arange(bc)
+  valid = (local_i < cfg.n)[:, None] & (local_j < cfg.m)[None, :]
+  extra = cut(sh.mask)
+  if extra is not None:
+    valid &= extra
+  a_index = anc.base + local_i
+  c_index = sh.base + local_j
+  return Block(
+    s=None,
+    positive=pos & valid,
+    negative=neg & valid,
+    params=params,
+    consts=consts,
+    a_aux=_slice_rows(anc.aux, i0, ba),
+    c_aux=_slice_rows(sh.aux, j0, bc),
+    prev=tuple(_slice_rows(p, i0, ba) for p in prev),
+    a_index=a_index,
+    c_index=c_index,
+  )
+
+
+def _pass_over_shard(
+  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev
+):
+  """Updates the running statistics ``states`` of every anchor with one shard."""
+  ba, bc = cfg.block_a, cfg.block_c
+  na, mc = anc.a.shape[0], sh.c.shape[0]
+
+  def anchor_block(args):
+    i, st = args
+    i0 = i * ba
+    a_blk = jax.lax.dynamic_slice_in_dim(anc.a, i0, ba, 0)
+
+    def cand_block(st, j):
+      j0 = j * bc
+      c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
+      blk = _block(cfg, anc, sh, i0, j0, params, consts, prev)
+      blk = blk._replace(s=cfg.sim_fn(a_blk, c_blk))
+      if ps.prev_grad:
+
+        def values(sub):
+          full = list(blk.prev)
+          for k, x in zip(ps.prev_grad, sub, strict=True):
+            full[k] = x
+          return [v for v, _ in ps.terms(blk._replace(prev=tuple(full)))]
+
+        sub = tuple(blk.prev[k] for k in ps.prev_grad)
+        outs = [
+          jax.jvp(
+            values,
+            (sub,),
+            (
+              tuple(
+                jnp.ones_like(x) if c == k else jnp.zeros_like(x)
+                for c, x in enumerate(sub)
+              ),
+            ),
+          )
+          for k in range(len(sub))
+        ]
+        vals = outs[0][0]
+        dvs = [[o[1][q] for o in outs] for q in range(len(vals))]
+        term_masks = [msk for _, msk in ps.terms(blk)]
+      else:
+        terms = ps.terms(blk)
+        vals = [v for v, _ in terms]
+        term_masks = [msk for _, msk in terms]
+        dvs = [[] for _ in vals]
+      st = tuple(
+        _update_stat(kind, s_, v, msk, dv)
+        for kind, s_, v, msk, dv in zip(
+          ps.kinds, st, vals, term_masks, dvs, strict=True
+        )
+      )
+      return st, None
+
+    st, _ = jax.lax.scan(cand_block, st, jnp.arange(mc // bc))
+    return st
+
+  blocks = jax.tree.map(lambda x: x.reshape((na // ba, ba) + x.shape[1:]), states)
+  blocks = jax.lax.map(anchor_block, (jnp.arange(na // ba), blocks))
+  return jax.tree.map(lambda x: x.reshape((na,) + x.shape[2:]), blocks)
+
+
+def _ring_perm(size: int) -> list[tuple[int, int]]:
+  return [(i, (i + 1) % size) for i in range(size)]
+
+
+def _shard_at(cfg, ctx, c, c_labels, c_aux, src, m_pad):
+  """The shard of device ``src`` (ring) or all candidates, with its mask columns."""
+
+  def cols(x):
+    if x is None:
+      return None
+    if cfg.ring:
+      x = jax.lax.dynamic_slice_in_dim(x, src * cfg.m, cfg.m, 1)
+    if x.shape[1] != m_pad:
+      x = jnp.concatenate(
+        [x, jnp.zeros((x.shape[0], m_pad - x.shape[1]), x.dtype)], axis=1
+      )
+    return x
+
+  idx = _index_dtype()
+  base = src.astype(idx) * cfg.m if cfg.ring else jnp.zeros((), idx)
+  return _Shard(c, c_labels, c_aux, cols(ctx["positive_mask"]), cols(ctx["mask"]), base)
+
+
+def _forward(cfg: _Config, a, c, params, a_aux, c_aux, ctx):
+  """All passes: (stats per pass, jacobians per pass); a, c etc. already padded."""
+  dtype = a.dtype
+  na, m_pad = a.shape[0], c.shape[0]
+  anc = _Anchors(a, ctx["a_labels"], a_aux, ctx["a_base"])
+  if cfg.ring:
+    size = jax.lax.axis_size(cfg.axis_name)
+    me = jax.lax.axis_index(cfg.axis_name).astype(_index_dtype())
+  stats, jacs = [], []
+  for ps in cfg.passes:
+    prev = tuple(s for per_pass in stats for s in per_pass)
+    states = tuple(_init_stat(k, na, len(ps.prev_grad), dtype) for k in ps.kinds)
+    states = _vary(states, a, c)
+    consts = ctx["consts"]
+    if not cfg.ring:
+      sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, None, m_pad)
+      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+    else:
+      travel = (c, ctx["c_labels"], c_aux)
+      sh = _shard_at(cfg, ctx, *travel, me, m_pad)
+      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+
+      def step(carry, w, ps=ps, prev=prev, consts=consts):
+        states, travel = carry
+        travel = jax.lax.ppermute(travel, cfg.axis_name, _ring_perm(size))
+        sh = _shard_at(cfg, ctx, *travel, (me - w) % size, m_pad)
+        states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+        return (states, travel), None
+
+      (states, _), _ = jax.lax.scan(step, (states, travel), jnp.arange(1, size))
+    finals = [_final_stat(k, s) for k, s in zip(ps.kinds, states, strict=True)]
+    stats.append(tuple(v for v, _ in finals))
+    jacs.append(tuple(j for _, j in finals))
+  return tuple(stats), tuple(jacs)
+
+
+def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
+  """One backward sweep: d(a, a_aux, params) and d(shard c, shard c_aux)."""
+  ba, bc = cfg.block_a, cfg.block_c
+  na, mc = anc.a.shape[0], sh.c.shape[0]
+  flat_stats = [s for per_pass in stats for s in per_pass]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def objective(s, prm, a_aux, c_aux, blk: Block, i0):
+    total = jnp.zeros((), s.dtype)
+    offset = 0
+    for ps, st, ct in zip(cfg.passes, stats, cts, strict=True):
+      prev = tuple(_slice_rows(x, i0, ba) for x in flat_stats[:offset])
+      b = blk._replace(s=s, params=prm, a_aux=a_aux, c_aux=c_aux, prev=prev)
+      for (v, msk), kind, value, g in zip(ps.terms(b), ps.kinds, st, ct, strict=True):
+        if kind not in ("sum", "lse"):
+          continue
+        g = _slice_rows(g, i0, ba)[:, None]
+        if kind == "lse":
+          value = _slice_rows(value, i0, ba)[:, None]
+          vs = jax.lax.stop_gradient(v)
+          g = g * jnp.where(msk, jnp.exp(jnp.where(msk, vs - value, 0.0)), 0.0)
+        total = total + jnp.sum(jnp.where(msk, g * v, 0.0))
+      offset += len(ps.kinds)
+    return total
+
+  def anchor_block(carry, i):
+    dc, dc_aux, dprm = carry
+    i0 = i * ba
+    a_blk = jax.lax.dynamic_slice_in_dim(anc.a, i0, ba, 0)
+    a_aux_blk = _slice_rows(anc.aux, i0, ba)
+
+    def cand_block(inner, j):
+      da, da_aux, dprm = inner
+      j0 = j * bc
+      c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
+      blk = _block(cfg, anc, sh, i0, j0, params, consts, ())
+      s, sim_vjp = jax.vjp(cfg.sim_fn, a_blk, c_blk)
+      ds, g_prm, g_a_aux, g_c_aux = jax.grad(objective, argnums=(0, 1, 2, 3))(
+        s, params, a_aux_blk, blk.c_aux, blk, i0
+      )
+      g_a, g_c = sim_vjp(ds)
+      inner = (
+        da + g_a,
+        jax.tree.map(jnp.add, da_aux, g_a_aux),
+        jax.tree.map(jnp.add, dprm, g_prm),
+      )
+      return inner, (g_c, g_c_aux)
+
+    init = _vary(
+      (jnp.zeros_like(a_blk), jax.tree.map(jnp.zeros_like, a_aux_blk), dprm),
+      anc.a,
+      sh.c,
+    )
+    (da, da_aux, dprm), (g_c, g_c_aux) = jax.lax.scan(
+      cand_block, init, jnp.arange(mc // bc)
+    )
+    dc = dc + g_c.reshape(sh.c.shape)
+    dc_aux = jax.tree.map(lambda acc, g: acc + g.reshape(acc.shape), dc_aux, g_c_aux)
+    return (dc, dc_aux, dprm), (da, da_aux)
+
+  init = _vary(
+    (jnp.zeros_like(sh.c), jax.tree.map(jnp.zeros_like, sh.aux), zeros), anc.a, sh.c
+  )
+  (dc, dc_aux, dprm), (da, da_aux) = jax.lax.scan(
+    anchor_block, init, jnp.arange(na // ba)
+  )
+  da = da.reshape(anc.a.shape)
+  da_aux = jax.tree.map(lambda g, x: g.reshape(x.shape), da_aux, anc.aux)
+  return da, da_aux, dprm, dc, dc_aux
+
+
+def _backward(cfg: _Config, res, cts):
+  a, c, params, a_aux, c_aux, ctx, stats, jacs = res
+  cts = [list(ct) for ct in cts]
+  # Earlier passes feed later ones per anchor: push the cotangents back through the
+  # jacobians taken in the forward sweep (last pass first).
+  sizes = [len(ps.kinds) for ps in cfg.passes]
+  starts = np.cumsum([0] + sizes)
+  for k in range(len(cfg.passes) - 1, 0, -1):
+    ps = cfg.passes[k]
+    if not ps.prev_grad:
+      continue
+    for q, jac in enumerate(jacs[k]):
+      if jac is None:
+        continue
+      for col, flat in enumerate(ps.prev_grad):
+        owner = int(np.searchsorted(starts, flat, side="right") - 1)
+        cts[owner][flat - starts[owner]] = (
+          cts[owner][flat - starts[owner]] + cts[k][q] * jac[:, col]
+        )
+  anc = _Anchors(a, ctx["a_labels"], a_aux, ctx["a_base"])
+  m_pad = c.shape[0]
+  consts = ctx["consts"]
+  if not cfg.ring:
+    sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, None, m_pad)
+    da, da_aux, dprm, dc, dc_aux = _grads_over_shard(
+      cfg, anc, sh, params, consts, stats, cts
+    )
+  else:
+    size = jax.lax.axis_size(cfg.axis_name)
+    me = jax.lax.axis_index(cfg.axis_name).astype(_index_dtype())
+    perm = _ring_perm(size)
+    sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, me, m_pad)
+    da, da_aux, dprm, dc, dc_aux = _grads_over_shard(
+      cfg, anc, sh, params, consts, stats, cts
+    )
+
+    def step(carry, w):
+      da, da_aux, dprm, travel, dtravel = carry
+      travel, dtravel = jax.lax.ppermute((travel, dtravel), cfg.axis_name, perm)
+      sh = _shard_at(cfg, ctx, *travel, (me - w) % size, m_pad)
+      g = _grads_over_shard(cfg, anc, sh, params, consts, stats, cts)
+      da = da + g[0]
+      da_aux = jax.tree.map(jnp.add, da_aux, g[1])
+      dprm = jax.tree.map(jnp.add, dprm, g[2])
+      dtravel = (dtravel[0] + g[3], jax.tree.map(jnp.add, dtravel[1], g[4]))
+      return (da, da_aux, dprm, travel, dtravel), None
+
+    travel = (c, ctx["c_labels"], c_aux)
+    (da, da_aux, dprm, _, dtravel), _ = jax.lax.scan(
+      step, (da, da_aux, dprm, travel, (dc, dc_aux)), jnp.arange(1, size)
+    )
+    # One more hop brings every shard's gradient home.
+    dc, dc_aux = jax.lax.ppermute(dtravel, cfg.axis_name, perm)
+  return da, dc, dprm, da_aux, dc_aux, None
+
+
+def _make_engine(cfg: _Config):
+  @jax.custom_vjp
+  def run(a, c, params, a_aux, c_aux, ctx):
+    return _forward(cfg, a, c, params, a_aux, c_aux, ctx)[0]
+
+  def fwd(a, c, params, a_aux, c_aux, ctx):
+    stats, jacs = _forward(cfg, a, c, params, a_aux, c_aux, ctx)
+    return stats, (a, c, params, a_aux, c_aux, ctx, stats, jacs)
+
+  def bwd(res, cts):
+    a, c, params, a_aux, c_aux = res[:5]
+    grads = _backward(cfg, res, cts)
+    return _like_primal(grads[:5], (a, c, params, a_aux, c_aux)) + (None,)
+
+  run.defvjp(fwd, bwd)
+  return run
+
+
+def _index_dtype():
+  return jax.dtypes.canonicalize_dtype(jnp.int64)
+
+
+def _block_sizes(block_size: BlockSize) -> tuple[int, int]:
+  sizes = (block_size, block_size) if isinstance(block_size, int) else block_size
+  if len(tuple(sizes)) != 2 or not all(
+    isinstance(b, int | np.integer) and b > 0 for b in sizes
+  ):
+    raise ValueError(
+      f"block_size must be a positive int or a pair (block_a, block_c) of them, got "
+      f"{block_size!r}."
+    )
+  return int(sizes[0]), int(sizes[1])
+
+
+def blockwise_reduce(
+  passes: Sequence[Pass],
+  sim_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  anchors: jax.Array,
+  candidates: jax.Array,
+  labels: jax.Array,
+  ref_labels: jax.Array,
+  *,
+  self_pairs: bool,
+  params: Any = (),
+  consts: Any = (),
+  anchor_aux: Any = (),
+  candidate_aux: Any = (),
+  positive_mask: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  axis_name: str | None = None,
+  ring: bool = False,
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+) -> tuple[tuple[jax.Array, ...], ...]:
+  """Per-anchor statistics of every pass, computed block by block.
+
+  The engine behind every loss of this module: for each :class:`Pass`, in order, each
+  anchor's statistics of ``pass.terms`` over all its candidates. Differentiable in
+  ``anchors``, ``candidates``, ``params``, ``anchor_aux`` and ``candidate_aux``; the
+  backward pass is one more sweep that recomputes the blocks.
+
+  Args:
+    passes: the sweeps, in order (a later pass sees the earlier statistics).
+    sim_fn: ``(a [ba, d], c [bc, d]) -> [ba, bc]``, e.g. a pairwise distance.
+    anchors: [n, d] (checked, float).
+    candidates: [m, d] (this device's share with ``axis_name``).
+    labels: [n, ...] anchor labels, -1 for padding.
+    ref_labels: [m, ...] candidate labels.
+    self_pairs: the candidates are the anchors (so self-pairs are excluded).
+    params: differentiable pytree passed to every block.
+    consts: non-differentiable pytree passed to every block.
+    anchor_aux: pytree of [n, ...] per-anchor arrays.
+    candidate_aux: pytree of [m, ...] per-candidate arrays.
+    positive_mask: optional [n, M] relation replacing label equality (M: all
+      candidates, over every device with ``axis_name``).
+    mask: optional [n, M] bool: other pairs take no part.
+    label_comparison: optional ``f(labels, ref_labels) -> bool`` for one block.
+    axis_name: gather the candidates of every device (``ring=False``) or pass them
+      around the ring (``ring=True``).
+    ring: see ``axis_name``.
+    block_size: int, or ``(block_a, block_c)``.
+
+  Returns:
+    For every pass, a tuple of [n] statistics (in the order of ``kinds``).
+  """
+  block_a, block_c = _block_sizes(block_size)
+  if ring and axis_name is None:
+    raise ValueError("ring=True passes candidates between devices: give axis_name.")
+  n = anchors.shape[0]
+  idx = _index_dtype()
+  if axis_name is not None and not ring:
+    candidates = _batch.gather(candidates, axis_name)
+    ref_labels = _batch.gather(ref_labels, axis_name)
+    candidate_aux = jax.tree.map(lambda x: _batch.gather(x, axis_name), candidate_aux)
+  a_base = (
+    jnp.zeros((), idx)
+    if axis_name is None
+    else jax.lax.axis_index(axis_name).astype(idx) * n
+  )
+  m = candidates.shape[0]
+  ba, bc = max(1, min(block_a, n)), max(1, min(block_c, m))
+  na, mp = _round_up(n, ba), _round_up(m, bc)
+
+  def rows(x):
+    return None if x is None else _pad_rows(x, na, False)
+
+  ctx = dict(
+    a_labels=_pad_rows(labels, na, -1),
+    c_labels=_pad_rows(ref_labels, mp, -1),
+    positive_mask=rows(positive_mask),
+    mask=rows(mask),
+    a_base=a_base,
+    consts=consts,
+  )
+  cfg = _Config(
+    tuple(passes), sim_fn, ba, bc, n, m, self_pairs, label_comparison, axis_name, ring
+  )
+  stats = _make_engine(cfg)(
+    _pad_rows(anchors, na, 0),
+    _pad_rows(candidates, mp, 0),
+    params,
+    _pad_tree(anchor_aux, na),
+    _pad_tree(candidate_aux, mp),
+    ctx,
+  )
+  return jax.tree.map(lambda x: x[:n], stats)
+
+
+# ----------------------------------------------------------------------------------
+# Arguments (the checks of ``_batch.prepare``, without building [n, m] masks).
+
+
+class _Inputs(NamedTuple):
+  anchors: jax.Array
+  candidates: jax.Array  # local
+  labels: jax.Array
+  ref_labels: jax.Array
+  self_pairs: bool
+  positive_mask: jax.Array | None
+  mask: jax.Array | None
+
+
+def _resolve(
+  embeddings,
+  labels,
+  ref_embeddings,
+  ref_labels,
+  positive_mask,
+  label_comparison,
+  mask,
+  axis_name,
+  ring,
+) -> _Inputs:
+  embeddings = _checks.as_float(embeddings, "embeddings")
+  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
+  n, d = embeddings.shape
+  labels = jnp.asarray(labels)
+  if label_comparison is None:
+    labels = _checks.check_labels(labels, n, "labels")
+  elif labels.shape[:1] != (n,):
+    raise ValueError(
+      f"labels must have leading dimension {n} to match embeddings, got "
+      f"{tuple(labels.shape)}."
+    )
+  if (ref_embeddings is None) != (ref_labels is None):
+    raise ValueError("ref_embeddings and ref_labels must be given together.")
+  if ring and axis_name is None:
+    raise ValueError("ring=True passes candidates between devices: give axis_name.")
+  if ref_embeddings is None:
+    candidates, ref_labels, self_pairs = embeddings, labels, True
+  else:
+    candidates = _checks.as_float(ref_embeddings, "ref_embeddings")
+    _checks.check_rank(candidates, 2, "ref_embeddings", "[m, d]")
+    if candidates.shape[1] != d:
+      raise ValueError(
+        f"ref_embeddings must have embedding size {d} like embeddings, got "
+        f"{tuple(candidates.shape)}."
+      )
+    ref_labels = jnp.asarray(ref_labels)
+    if label_comparison is None:
+      ref_labels = _checks.check_labels(ref_labels, candidates.shape[0], "ref_labels")
+    embeddings, candidates = _checks.common_float(embeddings, candidates)
+    self_pairs = False
+  m = candidates.shape[0]
+  if axis_name is not None:
+    m *= jax.lax.axis_size(axis_name)
+  if positive_mask is not None:
+    positive_mask = _checks.check_mask(positive_mask, (n, m), "positive_mask")
+  if mask is not None:
+    mask = _checks.check_mask(mask, (n, m), "mask")
+  return _Inputs(
+    embeddings, candidates, labels, ref_labels, self_pairs, positive_mask, mask
+  )
+
+
+def _scalar(value: Any, name: str, dtype, *, positive: bool = False) -> jax.Array:
+  """A scalar option (possibly learnable) as an array, checked while concrete."""
+  if positive:
+    _checks.check_positive(value, name)
+  x = _checks.as_float(value, name)
+  if x.shape != ():
+    raise ValueError(f"{name} must be a scalar, got shape {tuple(x.shape)}.")
+  return x.astype(dtype)
+
+
+def _run(
+  inp: _Inputs,
+  passes,
+  sim_fn,
+  *,
+  label_comparison,
+  axis_name,
+  ring,
+  block_size,
+  **kwargs,
+):
+  return blockwise_reduce(
+    passes,
+    sim_fn,
+    inp.anchors,
+    inp.candidates,
+    inp.labels,
+    inp.ref_labels,
+    self_pairs=inp.self_pairs,
+    positive_mask=inp.positive_mask,
+    mask=inp.mask,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+    **kwargs,
+  )
+
+
+def _ones(b: Block) -> jax.Array:
+  return jnp.ones_like(b.s)
+
+
+def _active(*counts: jax.Array) -> jax.Array:
+  out = counts[0] > 0
+  for c in counts[1:]:
+    out &= c > 0
+  return out
+
+
+def _mean(total: jax.Array, count: jax.Array) -> jax.Array:
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# Softmax losses (dense forms: metriclearn.losses.softmax).
+
+_ARGS = """embeddings: [n, d] anchors.
+    labels: [n] integer labels, -1 for padding.
+    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
+    ref_labels: [m] integer labels of ``ref_embeddings``.
+    positive_mask: optional [n, m] bool relation that replaces label equality (m: all
+      candidates, over every device with ``axis_name``).
+    label_comparison: optional ``f(labels, ref_labels) -> bool``, applied per block.
+    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
+    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
+      candidates (gathered, or passed around the ring with ``ring=True``)."""
+
+_BLOCK_ARGS = """block_size: int, or ``(block_a, block_c)``: anchors and candidates per block;
+      memory grows with their product.
+    ring: with ``axis_name``, pass the candidate shards around the devices instead
+      of gathering them."""
+
+
+def _doc(fn):
+  fn.__doc__ = fn.__doc__.replace("{ARGS}", _ARGS).replace("{BLOCK}", _BLOCK_ARGS)
+  return fn
+
+
+def _ntxent_passes(similarity) -> tuple[Pass, ...]:
+  def negatives(b: Block):
+    logits = b.s / b.params
+    return [(logits, b.negative), (_ones(b), b.negative)]
+
+  def positives(b: Block):
+    neg_lse, neg_count = b.prev
+    pos = b.positive & (neg_count > 0)[:, None]
+    per_pair = jax.nn.softplus(neg_lse[:, None] - b.s / b.params)
+    return [(per_pair, pos), (_ones(b), pos)]
+
+  return (
+    Pass(negatives, ("lse", "sum")),
+    Pass(positives, ("sum", "sum"), prev_grad=(0,)),
+  )
+
+
+@_doc
+def ntxent_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  temperature: float | jax.Array = 0.1,
+  similarity: str | distances.DistanceFn = "cosine",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""NT-Xent / InfoNCE, blockwise (:func:`metriclearn.losses.softmax.ntxent_loss`).
+
+  .. math::
+    \ell_i = \frac{1}{|P_i|} \sum_{p \in P_i}
+      \log\Big(1 + \sum_{q \in N_i} e^{(s_{iq} - s_{ip})/\tau}\Big)
+
+  Two sweeps: the negatives' log-sum-exp of each anchor, then its positive pairs.
+
+  Args:
+    {ARGS}
+    temperature: :math:`\tau > 0`, a number or a scalar array (may be learned).
+    similarity: 'cosine' (default), 'dot', or a callable ``(a, b) -> [ba, bc]``.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses, equal to the dense form's.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> ntxent_loss(e, jnp.array([0, 0, 1]), temperature=1.0, block_size=2)
+  Array([0.31326..., 0.31326..., 0.        ], dtype=float32)
+
+  References:
+    Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of
+    Visual Representations. ICML 2020.
+  """
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  tau = _scalar(temperature, "temperature", inp.anchors.dtype, positive=True)
+  _, (total, count) = _run(
+    inp,
+    _ntxent_passes(similarity),
+    distances.get_pairwise_similarity(similarity),
+    params=tau,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return _mean(total, count)
+
+
+infonce_loss = ntxent_loss
+
+
+def _supcon_terms(b: Block):
+  logits = b.s / b.params
+  return [
+    (logits, b.positive | b.negative),
+    (logits, b.positive),
+    (_ones(b), b.positive),
+    (_ones(b), b.negative),
+  ]
+
+
+@_doc
+def supcon_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  temperature: float | jax.Array = 0.1,
+  similarity: str | distances.DistanceFn = "cosine",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Supervised contrastive loss, blockwise (see
+  :func:`metriclearn.losses.softmax.supcon_loss`).
+
+  .. math::
+    \ell_i = \log \sum_{a \in P_i \cup N_i} e^{s_{ia}/\tau}
+      - \frac{1}{|P_i|} \sum_{p \in P_i} s_{ip}/\tau
+
+  Args:
+    {ARGS}
+    temperature: :math:`\tau > 0`, a number or a scalar array (may be learned).
+    similarity: 'cosine' (default), 'dot', or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses (0 without a positive or without a negative).
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> supcon_loss(e, jnp.array([0, 0, 1]), temperature=1.0, block_size=2)
+  Array([0.31326..., 0.31326..., 0.        ], dtype=float32)
+
+  References:
+    Khosla et al. Supervised Contrastive Learning. NeurIPS 2020.
+  """
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  tau = _scalar(temperature, "temperature", inp.anchors.dtype, positive=True)
+  ((lse, pos_sum, n_pos, n_neg),) = _run(
+    inp,
+    (Pass(_supcon_terms, ("lse", "sum", "sum", "sum")),),
+    distances.get_pairwise_similarity(similarity),
+    params=tau,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return jnp.where(_active(n_pos, n_neg), lse - _mean(pos_sum, n_pos), 0.0)
+
+
+def _snn_terms(b: Block):
+  logits = -b.s / b.params
+  return [
+    (logits, b.positive | b.negative),
+    (logits, b.positive),
+    (_ones(b), b.positive),
+    (_ones(b), b.negative),
+  ]
+
+
+@_doc
+def soft_nearest_neighbor_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  temperature: float | jax.Array = 1.0,
+  distance: str | distances.DistanceFn = "squared_euclidean",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Soft nearest neighbour loss, blockwise (see
+  :func:`metriclearn.losses.softmax.soft_nearest_neighbor_loss`).
+
+  .. math::
+    \ell_i = -\log \frac{\sum_{p \in P_i} e^{-D_{ip}/T}}
+      {\sum_{a \in P_i \cup N_i} e^{-D_{ia}/T}}
+
+  Args:
+    {ARGS}
+    temperature: :math:`T > 0`, a number or a scalar array (may be learned).
+    distance: 'squared_euclidean' (default), 'euclidean', 'cosine', or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses (0 without a positive or without a negative).
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> soft_nearest_neighbor_loss(e, jnp.array([0, 0, 1]), block_size=2)
+  Array([0.12692..., 0.12692..., 0.        ], dtype=float32)
+
+  References:
+    Frosst, Papernot, Hinton. Analyzing and Improving Representations with the Soft
+    Nearest Neighbor Loss. ICML 2019.
+  """
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  t = _scalar(temperature, "temperature", inp.anchors.dtype, positive=True)
+  ((lse_all, lse_pos, n_pos, n_neg),) = _run(
+    inp,
+    (Pass(_snn_terms, ("lse", "lse", "sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    params=t,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return jnp.where(_active(n_pos, n_neg), lse_all - lse_pos, 0.0)
+
+
+def _sigmoid_terms(b: Block):
+  scale, bias = b.params
+  logits = scale * b.s + bias
+  per_pair = jax.nn.softplus(jnp.where(b.positive, -logits, logits))
+  return [(per_pair, b.positive | b.negative)]
+
+
+@_doc
+def sigmoid_pairwise_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  scale: jax.Array,
+  bias: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  similarity: str | distances.DistanceFn = "cosine",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Sigmoid pairwise (SigLIP) loss, blockwise (see
+  :func:`metriclearn.losses.softmax.sigmoid_pairwise_loss`).
+
+  .. math::
+    \ell_i = -\sum_{j \in P_i \cup N_i} \log \sigma\big(z_{ij} (t\, s_{ij} + b)\big)
+
+  Args:
+    {ARGS}
+    scale: scalar :math:`t > 0` (learned).
+    bias: scalar :math:`b` (learned).
+    similarity: 'cosine' (default), 'dot', or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> sigmoid_pairwise_loss(e, jnp.array([0, 0, 1]), 1.0, 0.0, block_size=2)
+  Array([1.00640..., 1.00640..., 1.38629...], dtype=float32)
+
+  References:
+    Zhai, Mustafa, Kolesnikov, Beyer. Sigmoid Loss for Language Image Pre-Training.
+    ICCV 2023.
+  """
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  dtype = inp.anchors.dtype
+  params = (
+    _scalar(scale, "scale", dtype, positive=True),
+    _scalar(bias, "bias", dtype),
+  )
+  ((total,),) = _run(
+    inp,
+    (Pass(_sigmoid_terms, ("sum",)),),
+    distances.get_pairwise_similarity(similarity),
+    params=params,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return total
+
+
+# ----------------------------------------------------------------------------------
+# Pair-weighting losses (dense forms: metriclearn.losses.pair_weighting).
+
+
+def _log1p_exp(lse: jax.Array, count: jax.Array) -> jax.Array:
+  r""":math:`\log(1 + \sum e^x)` from the log-sum-exp; 0 where nothing was summed."""
+  return jnp.where(count > 0, jax.nn.softplus(lse), 0.0)
+
+
+def _ms_passes(mining: bool) -> tuple[Pass, ...]:
+  def terms(b: Block):
+    alpha, beta, base, epsilon = b.consts
+    pos, neg = b.positive, b.negative
+    if mining:  # Wang et al.'s eqs. 8-9 with the thresholds of the first sweep
+      least_pos, most_neg = b.prev
+      pos = pos & (b.s - epsilon < most_neg[:, None])
+      neg = neg & (b.s + epsilon > least_pos[:, None])
+    return [
+      (-alpha * (b.s - base), pos),
+      (beta * (b.s - base), neg),
+      (_ones(b), pos),
+      (_ones(b), neg),
+    ]
+
+  def thresholds(b: Block):
+    return [(b.s, b.positive), (b.s, b.negative)]
+
+  loss = Pass(terms, ("lse", "lse", "sum", "sum"))
+  return (Pass(thresholds, ("min", "max")), loss) if mining else (loss,)
+
+
+@_doc
+def multi_similarity_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  alpha: float = 2.0,
+  beta: float = 50.0,
+  base: float = 0.5,
+  similarity: str | distances.DistanceFn = "cosine",
+  mining_epsilon: float | None = None,
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Multi-similarity loss, blockwise (see
+  :func:`metriclearn.losses.pair_weighting.multi_similarity_loss`).
+
+  .. math::
+    \ell_a = \frac{1}{\alpha} \log\Big(1 + \sum_{p \in P_a} e^{-\alpha (S_{ap} -
+    \lambda)}\Big) + \frac{1}{\beta} \log\Big(1 + \sum_{q \in N_a} e^{\beta (S_{aq}
+    - \lambda)}\Big)
+
+  With ``mining_epsilon`` the paper's pair mining is done inside, in a first sweep
+  (each anchor's least similar positive and most similar negative): the result equals
+  the dense loss with ``mask=miners.multi_similarity_miner(..., epsilon=...)``
+  without the [n, m] mask.
+
+  Args:
+    {ARGS}
+    alpha: scale of the positive term, > 0 (paper: 2).
+    beta: scale of the negative term, > 0 (paper: 50).
+    base: the similarity offset lambda (0.5).
+    similarity: 'cosine' (default), 'dot' or a callable.
+    mining_epsilon: None (no mining, as the dense loss) or the miner's epsilon >= 0
+      (paper: 0.1).
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+  >>> losses = multi_similarity_loss(e, jnp.array([0, 0, 1, 1]), block_size=3)
+  >>> [round(float(v), 4) for v in losses]
+  [0.5991, 0.7591, 0.5991, 0.7591]
+
+  References:
+    Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting
+    for Deep Metric Learning. CVPR 2019.
+  """
+  _checks.check_positive(alpha, "alpha")
+  _checks.check_positive(beta, "beta")
+  if mining_epsilon is not None:
+    _checks.check_non_negative(mining_epsilon, "mining_epsilon")
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  dtype = inp.anchors.dtype
+  consts = tuple(
+    jnp.asarray(v).astype(dtype)
+    for v in (alpha, beta, base, 0.0 if mining_epsilon is None else mining_epsilon)
+  )
+  *_, (lse_p, lse_n, n_pos, n_neg) = _run(
+    inp,
+    _ms_passes(mining_epsilon is not None),
+    distances.get_pairwise_similarity(similarity),
+    consts=consts,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  alpha, beta = consts[:2]
+  loss = _log1p_exp(lse_p, n_pos) / alpha + _log1p_exp(lse_n, n_neg) / beta
+  return jnp.where(_active(n_pos, n_neg), loss, 0.0)
+
+
+def _circle_terms(detach: bool):
+  def terms(b: Block):
+    margin, gamma = b.consts
+    alpha_p = jax.nn.relu(1.0 + margin - b.s)
+    alpha_n = jax.nn.relu(b.s + margin)
+    if detach:
+      alpha_p = jax.lax.stop_gradient(alpha_p)
+      alpha_n = jax.lax.stop_gradient(alpha_n)
+    return [
+      (-gamma * alpha_p * (b.s - (1.0 - margin)), b.positive),
+      (gamma * alpha_n * (b.s - margin), b.negative),
+      (_ones(b), b.positive),
+      (_ones(b), b.negative),
+    ]
+
+  return terms
+
+
+@_doc
+def circle_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float = 0.4,
+  gamma: float = 80.0,
+  similarity: str | distances.DistanceFn = "cosine",
+  detach_weights: bool = True,
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Circle loss, blockwise (see :func:`metriclearn.losses.pair_weighting.circle_loss`).
+
+  .. math::
+    \ell_a = \log\Big(1 + \sum_{q \in N_a} e^{\gamma \alpha_n^q (s_n^q - \Delta_n)}
+    \sum_{p \in P_a} e^{-\gamma \alpha_p^p (s_p^p - \Delta_p)}\Big)
+
+  Args:
+    {ARGS}
+    margin: the relaxation m >= 0.
+    gamma: the scale factor > 0.
+    similarity: 'cosine' (default), 'dot' or a callable.
+    detach_weights: stop the gradient through alpha_p and alpha_n (paper).
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+  >>> losses = circle_loss(e, jnp.array([0, 0, 1]), margin=0.25, gamma=2.0,
+  ...                      block_size=2)
+  >>> [round(float(v), 4) for v in losses]
+  [0.7288, 1.5805, 0.0]
+
+  References:
+    Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei. Circle Loss: A Unified Perspective of
+    Pair Similarity Optimization. CVPR 2020.
+  """
+  _checks.check_non_negative(margin, "margin")
+  _checks.check_positive(gamma, "gamma")
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  dtype = inp.anchors.dtype
+  ((lse_p, lse_n, n_pos, n_neg),) = _run(
+    inp,
+    (Pass(_circle_terms(detach_weights), ("lse", "lse", "sum", "sum")),),
+    distances.get_pairwise_similarity(similarity),
+    consts=(jnp.asarray(margin).astype(dtype), jnp.asarray(gamma).astype(dtype)),
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return jnp.where(_active(n_pos, n_neg), jax.nn.softplus(lse_p + lse_n), 0.0)
+
+
+@_doc
+def batch_contrastive_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float = 1.0,
+  pos_margin: float = 0.0,
+  distance: str | distances.DistanceFn = "euclidean",
+  pos_power: float = 2,
+  neg_power: float = 2,
+  pos_weight: float = 1.0,
+  neg_weight: float = 1.0,
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Contrastive loss over every pair, averaged per anchor, blockwise (see
+  :func:`metriclearn.losses.pair_weighting.batch_contrastive_loss`).
+
+  .. math::
+    \ell_a = \frac{1}{|P_a| + |N_a|} \Big(
+      \sum_{p \in P_a} w_+ \max(0, D_{ap} - m_+)^{p_+}
+      + \sum_{q \in N_a} w_- \max(0, m - D_{aq})^{p_-} \Big)
+
+  Args:
+    {ARGS}
+    margin: m >= 0, beyond which a negative pair costs nothing.
+    pos_margin: m+ >= 0, within which a positive pair costs nothing.
+    distance: 'euclidean' (default), 'squared_euclidean', 'cosine' or a callable.
+    pos_power, neg_power: the powers p+, p- (>= 1).
+    pos_weight, neg_weight: the factors w+, w-.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[0.0, 0.0], [0.5, 0.0], [0.8, 0.0]])
+  >>> losses = batch_contrastive_loss(e, jnp.array([0, 0, 1]), block_size=2)
+  >>> [round(float(v), 4) for v in losses]
+  [0.145, 0.37, 0.265]
+
+  References:
+    Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping.
+    CVPR 2006.
+  """
+  # Check the options once, here, on their Python values.
+  contrastive_from_distance(
+    jnp.zeros(()),
+    jnp.zeros((), bool),
+    margin=margin,
+    pos_margin=pos_margin,
+    pos_power=pos_power,
+    neg_power=neg_power,
+  )
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  dtype = inp.anchors.dtype
+
+  def terms(b: Block):
+    m, pm, pw, nw = b.consts
+    per_pair = contrastive_from_distance(
+      b.s,
+      b.positive,
+      margin=m,
+      pos_margin=pm,
+      pos_power=pos_power,
+      neg_power=neg_power,
+      pos_weight=pw,
+      neg_weight=nw,
+    )
+    valid = b.positive | b.negative
+    return [(per_pair, valid), (_ones(b), valid)]
+
+  ((total, count),) = _run(
+    inp,
+    (Pass(terms, ("sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    consts=tuple(
+      jnp.asarray(v).astype(dtype) for v in (margin, pos_margin, pos_weight, neg_weight)
+    ),
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return _mean(total, count)
+
+
+def _lifted_terms(b: Block):
+  margin = b.consts
+  return [
+    (b.s, b.positive),
+    (margin - b.s, b.negative),
+    (_ones(b), b.positive),
+    (_ones(b), b.negative),
+  ]
+
+
+def _song_negative_terms(b: Block):
+  return [(b.consts - b.s, b.negative), (_ones(b), b.negative)]
+
+
+def _song_terms(b: Block):
+  """Song et al.'s pair term, given each side's negative log-sum-exp (aux)."""
+  low = jnp.finfo(b.s.dtype).min
+  a_lse, a_has = b.a_aux
+  c_lse, c_has = b.c_aux
+  a = jnp.where(a_has > 0, a_lse, low)[:, None]
+  c = jnp.where(c_has > 0, c_lse, low)[None, :]
+  valid = b.positive & ((a_has > 0)[:, None] | (c_has > 0)[None, :])
+  j = jnp.where(valid, jnp.logaddexp(a, c) + b.s, 0.0)
+  return [(0.5 * jnp.square(jax.nn.relu(j)), valid), (_ones(b), valid)]
+
+
+@_doc
+def lifted_structure_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float = 1.0,
+  form: Literal["generalized", "song2016"] = "generalized",
+  distance: str | distances.DistanceFn = "euclidean",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Lifted structure loss, blockwise (see
+  :func:`metriclearn.losses.pair_weighting.lifted_structure_loss`).
+
+  .. math::
+    \ell_a = \Big[\log \sum_{p \in P_a} e^{D_{ap}} + \log \sum_{q \in N_a}
+    e^{m - D_{aq}}\Big]_+
+
+  (``form='generalized'``), or Song et al.'s per-pair form (``form='song2016'``),
+  which takes two sweeps: each row's negative log-sum-exp, then the positive pairs
+  (the positive's own term travels with it as a per-candidate statistic).
+
+  Args:
+    {ARGS}
+    margin: m >= 0.
+    form: 'generalized' (Hermans et al. 2017) or 'song2016'.
+    distance: 'euclidean' (default), 'squared_euclidean', 'cosine' or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[0.0, 0.0], [0.5, 0.0], [0.8, 0.0]])
+  >>> losses = lifted_structure_loss(e, jnp.array([0, 0, 1]), block_size=2)
+  >>> [round(float(v), 4) for v in losses]
+  [0.7, 1.2, 0.0]
+
+  References:
+    Song, Xiang, Jegelka, Savarese. Deep Metric Learning via Lifted Structured Feature
+    Embedding. CVPR 2016. Hermans, Beyer, Leibe. In Defense of the Triplet Loss for
+    Person Re-Identification. arXiv:1703.07737, 2017.
+  """
+  _checks.check_non_negative(margin, "margin")
+  if form not in ("generalized", "song2016"):
+    raise ValueError(f"form must be 'generalized' or 'song2016', got {form!r}.")
+  if form == "song2016" and ref_embeddings is not None:
+    raise ValueError(
+      "form='song2016' needs each positive's own negatives, so the candidates must "
+      "be the anchors: ref_embeddings is not supported with it."
+    )
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  margin = jnp.asarray(margin).astype(inp.anchors.dtype)
+  run = functools.partial(
+    _run,
+    inp,
+    sim_fn=distances.get_pairwise_distance(distance),
+    consts=margin,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  if form == "generalized":
+    ((lse_p, lse_n, n_pos, n_neg),) = run(
+      (Pass(_lifted_terms, ("lse", "lse", "sum", "sum")),)
+    )
+    return jnp.where(_active(n_pos, n_neg), jax.nn.relu(lse_p + lse_n), 0.0)
+  ((lse, has),) = run((Pass(_song_negative_terms, ("lse", "sum")),))
+  side = (lse, (has > 0).astype(lse.dtype))
+  ((total, count),) = run(
+    (Pass(_song_terms, ("sum", "sum")),), anchor_aux=side, candidate_aux=side
+  )
+  return _mean(total, count)
+
+
+def _margin_terms(b: Block):
+  margin = b.consts
+  beta = b.a_aux[:, None]
+  per_pair = jnp.where(
+    b.positive, jax.nn.relu(margin + b.s - beta), jax.nn.relu(margin - b.s + beta)
+  )
+  valid = b.positive | b.negative
+  return [
+    (per_pair, valid),
+    (_ones(b), valid),
+    (_ones(b), b.positive),
+    (_ones(b), b.negative),
+  ]
+
+
+@_doc
+def margin_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  beta: jax.Array | float = 1.2,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float = 0.2,
+  nu: float = 0.0,
+  normalize: bool = True,
+  distance: str | distances.DistanceFn = "euclidean",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Margin loss with a learnable boundary, blockwise (see
+  :func:`metriclearn.losses.pair_weighting.margin_loss`).
+
+  .. math::
+    \ell_a = \frac{1}{|P_a| + |N_a|} \sum_{j \in P_a \cup N_a}
+    \Big( \big[\alpha + y_{aj} (D_{aj} - \beta_{c(a)})\big]_+ + \nu\, \beta_{c(a)}
+    \Big)
+
+  Args:
+    {ARGS}
+    beta: scalar or [C] boundary, >= 0 (a learned parameter).
+    margin: alpha >= 0, the half-width of the band around beta.
+    nu: the regularisation weight on beta, >= 0.
+    normalize: L2-normalise anchors and candidates first (paper).
+    distance: 'euclidean' (default), 'squared_euclidean', 'cosine' or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[0.0, 0.0], [0.5, 0.0], [0.8, 0.0]])
+  >>> losses = margin_loss(e, jnp.array([0, 0, 1]), 0.4, normalize=False,
+  ...                      block_size=2)
+  >>> [round(float(v), 4) for v in losses]
+  [0.15, 0.3, 0.0]
+
+  References:
+    Wu, Manmatha, Smola, Krähenbühl. Sampling Matters in Deep Embedding Learning.
+    ICCV 2017.
+  """
+  _checks.check_non_negative(margin, "margin")
+  _checks.check_non_negative(nu, "nu")
+  beta = _checks.as_float(beta, "beta")
+  if beta.ndim > 1:
+    raise ValueError(
+      f"beta must be a scalar or a [C] vector (one per class), got shape "
+      f"{tuple(beta.shape)}."
+    )
+  _checks.check_non_negative(beta, "beta")
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  if normalize:
+    inp = inp._replace(
+      anchors=distances.l2_normalize(inp.anchors),
+      candidates=distances.l2_normalize(inp.candidates),
+    )
+  dtype = inp.anchors.dtype
+  anchor_beta = _pw._anchor_beta(beta, inp.labels, inp.anchors.shape[0]).astype(dtype)
+  ((total, count, n_pos, n_neg),) = _run(
+    inp,
+    (Pass(_margin_terms, ("sum", "sum", "sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    consts=jnp.asarray(margin).astype(dtype),
+    anchor_aux=anchor_beta,
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  return jnp.where(_active(n_pos, n_neg), _mean(total, count) + nu * anchor_beta, 0.0)
