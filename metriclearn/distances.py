@@ -106,11 +106,19 @@ def pairwise_dot(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
 
 
 def pairwise_squared_euclidean(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
-  r"""[n, m] squared distances :math:`\|a_i\|^2 + \|b_j\|^2 - 2 a_i \cdot b_j`, >= 0."""
+  r"""[n, m] squared distances :math:`\|a_i\|^2 + \|b_j\|^2 - 2 a_i \cdot b_j`, >= 0.
+
+  The expansion cancels: in float32 two identical rows come out about 1e-5 apart, not
+  0. Without ``b`` the diagonal (each row against itself) is set to exactly 0.
+  """
+  is_self = b is None
   a, b = _matrices(a, b)
   sq_a = jnp.sum(a * a, axis=1)[:, None]
   sq_b = jnp.sum(b * b, axis=1)[None, :]
-  return jnp.maximum(sq_a + sq_b - 2.0 * _gram(a, b), 0.0)
+  d2 = jnp.maximum(sq_a + sq_b - 2.0 * _gram(a, b), 0.0)
+  if is_self:
+    d2 = jnp.where(jnp.eye(a.shape[0], dtype=bool), 0.0, d2)
+  return d2
 
 
 def pairwise_euclidean(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
