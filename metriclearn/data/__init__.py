@@ -1,0 +1,76 @@
+"""Data for metric learning: loading, class-disjoint splits, samplers, augmentation.
+
+- Loading into host memory (:class:`ImageDataset`): :func:`load` by name;
+  :func:`load_digits` (bundled with scikit-learn, no download); the original archives
+  with :func:`load_omniglot`, :func:`load_omniglot_runs` (the 20 official one-shot
+  runs) and :func:`load_mnist`; any TFDS image dataset with :func:`load_tfds` or
+  :func:`tfds_source` (``tfds.data_source``, no TensorFlow).
+- Class-disjoint splits: :func:`class_split`, :func:`class_disjoint_indices`.
+- NumPy samplers (seeded, endless, fixed shapes): :func:`balanced_batches` (P x K),
+  :func:`pair_batches`, :func:`triplet_batches`; :func:`padded_batches` for evaluation.
+- JAX augmentation (jit, one key per batch): :func:`random_affine` (``KOCH_AFFINE``),
+  :func:`random_crop`, :func:`random_flip`, :func:`compose`, :func:`two_views`.
+- Devices: :func:`shard_batch`, :func:`prefetch_to_device`.
+"""
+
+from metriclearn.data.archives import (
+  OMNIGLOT_ALPHABETS,
+  OneShotRuns,
+  load_digits,
+  load_mnist,
+  load_omniglot,
+  load_omniglot_runs,
+)
+from metriclearn.data.augment import (
+  KOCH_AFFINE,
+  affine_transform,
+  compose,
+  random_affine,
+  random_crop,
+  random_flip,
+  to_float,
+  two_views,
+)
+from metriclearn.data.dataset import ImageDataset, default_cache_dir, resize_images
+from metriclearn.data.loaders import load
+from metriclearn.data.prefetch import Prefetcher, prefetch_to_device, shard_batch
+from metriclearn.data.samplers import (
+  balanced_batches,
+  padded_batches,
+  pair_batches,
+  triplet_batches,
+)
+from metriclearn.data.splits import class_disjoint_indices, class_split
+from metriclearn.data.tfds_data import load_tfds, tfds_source
+
+__all__ = [
+  "KOCH_AFFINE",
+  "OMNIGLOT_ALPHABETS",
+  "ImageDataset",
+  "OneShotRuns",
+  "Prefetcher",
+  "affine_transform",
+  "balanced_batches",
+  "class_disjoint_indices",
+  "class_split",
+  "compose",
+  "default_cache_dir",
+  "load",
+  "load_digits",
+  "load_mnist",
+  "load_omniglot",
+  "load_omniglot_runs",
+  "load_tfds",
+  "padded_batches",
+  "pair_batches",
+  "prefetch_to_device",
+  "random_affine",
+  "random_crop",
+  "random_flip",
+  "resize_images",
+  "shard_batch",
+  "tfds_source",
+  "to_float",
+  "triplet_batches",
+  "two_views",
+]
