@@ -785,8 +785,8 @@ _ARGS = """embeddings: [n, d] anchors.
     axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
       candidates (gathered, or passed around the ring with ``ring=True``)."""
 
-_BLOCK_ARGS = """block_size: int, or ``(block_a, block_c)``: anchors and candidates per block;
-      memory grows with their product.
+_BLOCK_ARGS = """block_size: int, or ``(block_a, block_c)``: anchors and candidates per
+      block; memory grows with their product.
     ring: with ``axis_name``, pass the candidate shards around the devices instead
       of gathering them."""
 
@@ -829,7 +829,10 @@ def ntxent_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""NT-Xent / InfoNCE, blockwise (:func:`metriclearn.losses.softmax.ntxent_loss`).
+  r"""NT-Xent / InfoNCE, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.softmax.ntxent_loss`.
 
   .. math::
     \ell_i = \frac{1}{|P_i|} \sum_{p \in P_i}
@@ -909,8 +912,10 @@ def supcon_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Supervised contrastive loss, blockwise (see
-  :func:`metriclearn.losses.softmax.supcon_loss`).
+  r"""Supervised contrastive loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.softmax.supcon_loss`.
 
   .. math::
     \ell_i = \log \sum_{a \in P_i \cup N_i} e^{s_{ia}/\tau}
@@ -984,8 +989,10 @@ def soft_nearest_neighbor_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Soft nearest neighbour loss, blockwise (see
-  :func:`metriclearn.losses.softmax.soft_nearest_neighbor_loss`).
+  r"""Soft nearest neighbour loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.softmax.soft_nearest_neighbor_loss`.
 
   .. math::
     \ell_i = -\log \frac{\sum_{p \in P_i} e^{-D_{ip}/T}}
@@ -1058,8 +1065,10 @@ def sigmoid_pairwise_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Sigmoid pairwise (SigLIP) loss, blockwise (see
-  :func:`metriclearn.losses.softmax.sigmoid_pairwise_loss`).
+  r"""Sigmoid pairwise (SigLIP) loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.softmax.sigmoid_pairwise_loss`.
 
   .. math::
     \ell_i = -\sum_{j \in P_i \cup N_i} \log \sigma\big(z_{ij} (t\, s_{ij} + b)\big)
@@ -1162,8 +1171,10 @@ def multi_similarity_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Multi-similarity loss, blockwise (see
-  :func:`metriclearn.losses.pair_weighting.multi_similarity_loss`).
+  r"""Multi-similarity loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.pair_weighting.multi_similarity_loss`.
 
   .. math::
     \ell_a = \frac{1}{\alpha} \log\Big(1 + \sum_{p \in P_a} e^{-\alpha (S_{ap} -
@@ -1269,7 +1280,10 @@ def circle_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Circle loss, blockwise (see :func:`metriclearn.losses.pair_weighting.circle_loss`).
+  r"""Circle loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.pair_weighting.circle_loss`.
 
   .. math::
     \ell_a = \log\Big(1 + \sum_{q \in N_a} e^{\gamma \alpha_n^q (s_n^q - \Delta_n)}
@@ -1345,8 +1359,10 @@ def batch_contrastive_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Contrastive loss over every pair, averaged per anchor, blockwise (see
-  :func:`metriclearn.losses.pair_weighting.batch_contrastive_loss`).
+  r"""Contrastive loss over every pair, averaged per anchor, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.pair_weighting.batch_contrastive_loss`.
 
   .. math::
     \ell_a = \frac{1}{|P_a| + |N_a|} \Big(
@@ -1470,8 +1486,10 @@ def lifted_structure_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Lifted structure loss, blockwise (see
-  :func:`metriclearn.losses.pair_weighting.lifted_structure_loss`).
+  r"""Lifted structure loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.pair_weighting.lifted_structure_loss`.
 
   .. math::
     \ell_a = \Big[\log \sum_{p \in P_a} e^{D_{ap}} + \log \sum_{q \in N_a}
@@ -1579,8 +1597,10 @@ def margin_loss(
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   ring: bool = False,
 ) -> jax.Array:
-  r"""Margin loss with a learnable boundary, blockwise (see
-  :func:`metriclearn.losses.pair_weighting.margin_loss`).
+  r"""Margin loss with a learnable boundary, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.pair_weighting.margin_loss`.
 
   .. math::
     \ell_a = \frac{1}{|P_a| + |N_a|} \sum_{j \in P_a \cup N_a}
@@ -1649,3 +1669,402 @@ def margin_loss(
     block_size=block_size,
   )
   return jnp.where(_active(n_pos, n_neg), _mean(total, count) + nu * anchor_beta, 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# N-pair (dense form: metriclearn.losses.softmax.npair_loss).
+
+
+def _no_similarity(a: jax.Array, c: jax.Array) -> jax.Array:
+  """For sweeps that only look at the masks: no matrix product."""
+  return jnp.zeros((a.shape[0], c.shape[0]), a.dtype)
+
+
+def _first_positive_terms(b: Block):
+  return [(jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape), b.positive)]
+
+
+def _earlier_with_positive_terms(b: Block):
+  earlier = (b.c_index[None, :] < b.a_index[:, None]) & (b.c_aux > 0)[None, :]
+  return [(_ones(b), b.positive & earlier)]
+
+
+def _npair_terms(b: Block):
+  first, used = b.a_aux
+  picked, c_sq = b.c_aux
+  used = (used > 0)[:, None]
+  pair_pos = (b.c_index.astype(b.s.dtype)[None, :] == first[:, None]) & used
+  pair_neg = b.negative & (picked > 0)[None, :] & used
+  return [
+    (b.s, pair_pos),
+    (b.s, pair_neg),
+    (_ones(b), pair_neg),
+    (jnp.broadcast_to(c_sq[None, :], b.s.shape), pair_pos),
+    (_ones(b), pair_pos),
+  ]
+
+
+@_doc
+def npair_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  l2_reg: float = 0.002,
+  similarity: str | distances.DistanceFn = "dot",
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Multi-class N-pair loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.softmax.npair_loss`, also for the selection of pairs.
+
+  .. math::
+    \ell_i = \log\Big(1 + \sum_{j \ne i} e^{s(x_i, x_{p_j}) - s(x_i, x_{p_i})}\Big)
+      + \frac{\lambda}{4} \big(\|x_i\|^2 + \|x_{p_i}\|^2\big)
+
+  The selection (each used anchor's first positive, the first anchor of each class)
+  takes two sweeps over the masks only (no similarities); with labels it is
+  blockwise too. With an explicit ``positive_mask`` the selection builds an
+  [n, N] relation between the local and all anchors (as large as the mask itself).
+
+  Args:
+    {ARGS}
+    l2_reg: :math:`\lambda \ge 0`, the L2 regularization weight.
+    similarity: 'dot' (default), 'cosine', or a callable.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses, nonzero only for the one used anchor of each class.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+  >>> npair_loss(e, jnp.array([0, 0, 1, 1]), l2_reg=0.0, block_size=3)
+  Array([0.31326..., 0.        , 0.12692..., 0.        ], dtype=float32)
+
+  References:
+    Sohn. Improved Deep Metric Learning with Multi-class N-pair Loss Objective.
+    NeurIPS 2016.
+  """
+  _checks.check_non_negative(l2_reg, "l2_reg")
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  dtype = inp.anchors.dtype
+  n, m = inp.anchors.shape[0], inp.candidates.shape[0]
+  common = dict(
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  frozen = inp._replace(
+    anchors=jax.lax.stop_gradient(inp.anchors),
+    candidates=jax.lax.stop_gradient(inp.candidates),
+  )
+  ((first,),) = _run(
+    frozen, (Pass(_first_positive_terms, ("min",)),), _no_similarity, **common
+  )
+  has_pos = first < jnp.inf
+  first = jnp.where(has_pos, first, 0.0)
+  idx = _index_dtype()
+  me = 0 if axis_name is None else jax.lax.axis_index(axis_name).astype(idx)
+  anchor_index = me * n + jnp.arange(n, dtype=idx)
+  if positive_mask is None:  # the first anchor of each class (with a positive)
+    ((earlier,),) = blockwise_reduce(
+      (Pass(_earlier_with_positive_terms, ("max",)),),
+      _no_similarity,
+      frozen.anchors,
+      frozen.anchors,
+      inp.labels,
+      inp.labels,
+      self_pairs=True,
+      candidate_aux=has_pos.astype(dtype),
+      **common,
+    )
+    used = has_pos & ~(earlier > 0)
+  else:  # j is of i's class when j's pick is a positive of i (or i itself)
+    ref_all = _batch.gather(inp.ref_labels, axis_name)
+    pos, _ = masks.pair_masks(
+      inp.labels,
+      ref_all,
+      self_offset=me * n if inp.self_pairs else None,
+      label_comparison=label_comparison,
+      positive_mask=inp.positive_mask,
+    )
+    if inp.mask is not None:
+      pos &= inp.mask
+    first_all = _batch.gather(first, axis_name).astype(idx)
+    has_all = _batch.gather(has_pos, axis_name)
+    same = jnp.take(pos, first_all, axis=1)
+    if inp.self_pairs:
+      same |= first_all[None, :] == anchor_index[:, None]
+    rank = jnp.arange(first_all.shape[0], dtype=idx)
+    earlier = rank[None, :] < anchor_index[:, None]
+    used = has_pos & ~jnp.any(same & earlier & has_all[None, :], axis=1)
+  # Candidates that are some used anchor's pick: the negatives of the other pairs.
+  first_all = _batch.gather(first, axis_name).astype(idx)
+  used_all = _batch.gather(used, axis_name)
+  m_all = m * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+  picked = (
+    jnp.zeros((m_all,), bool)
+    .at[jnp.where(used_all, first_all, m_all)]
+    .set(True, mode="drop")
+  )
+  if axis_name is not None:
+    picked = jax.lax.dynamic_slice_in_dim(picked, me * m, m)
+  c_sq = jnp.sum(jnp.square(inp.candidates), axis=1)
+  ((pos_logit, neg_lse, n_neg, pick_sq, n_pair),) = _run(
+    inp,
+    (Pass(_npair_terms, ("sum", "lse", "sum", "sum", "sum")),),
+    distances.get_pairwise_similarity(similarity),
+    anchor_aux=(first, used.astype(dtype)),
+    candidate_aux=(picked.astype(dtype), c_sq),
+    **common,
+  )
+  loss = jax.nn.softplus(neg_lse - pos_logit)
+  if l2_reg:
+    a_sq = jnp.sum(jnp.square(inp.anchors), axis=1)
+    loss = loss + 0.25 * l2_reg * (a_sq + pick_sq)
+  return jnp.where(_active(n_pair, n_neg), loss, 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# Triplet losses (dense forms: metriclearn.losses.triplet).
+
+
+def _hardest_terms(b: Block):
+  return [(b.s, b.positive), (b.s, b.negative)]
+
+
+def _hard_pair_terms(b: Block):
+  hardest_pos, hardest_neg = b.prev
+  # Ties share the gradient equally, as jnp.max's derivative does.
+  pos = b.positive & (b.s == hardest_pos[:, None])
+  neg = b.negative & (b.s == hardest_neg[:, None])
+  return [(b.s, pos), (_ones(b), pos), (b.s, neg), (_ones(b), neg)]
+
+
+@_doc
+def batch_hard_triplet_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float | jax.Array | None = None,
+  distance: str | distances.DistanceFn = "euclidean",
+  squared: bool = False,
+  soft: bool = False,
+  block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  ring: bool = False,
+) -> jax.Array:
+  r"""Batch-hard triplet loss, computed blockwise.
+
+  The dense form, with the same values and gradients, is
+  :func:`metriclearn.losses.triplet.batch_hard_triplet_loss`.
+
+  .. math::
+    \ell_a = \max\Big(0,\; m + \max_{p \in P_a} D_{ap} - \min_{n \in N_a} D_{an}\Big)
+
+  Two sweeps: the hardest distances, then the pairs that attain them (which carry
+  the gradient).
+
+  Args:
+    {ARGS}
+    margin: m >= 0; ``None``: 0.2 for the hinge, 0 with ``soft=True``.
+    distance: 'euclidean' (default), 'squared_euclidean', 'cosine', or a callable.
+    squared: square the distance (default False, as Hermans et al.).
+    soft: soft-plus instead of the hinge.
+    {BLOCK}
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> x = jnp.array([[0.0], [0.5], [0.4], [0.9]])
+  >>> losses = batch_hard_triplet_loss(x, jnp.array([0, 0, 1, 1]), block_size=3)
+  >>> [round(v, 4) for v in losses.tolist()]
+  [0.3, 0.6, 0.6, 0.3]
+
+  References:
+    Hermans, Beyer, Leibe. In Defense of the Triplet Loss for Person
+    Re-Identification. arXiv:1703.07737, 2017.
+  """
+  margin = triplet.resolve_margin(margin, soft)
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    ring,
+  )
+  _, (pos_sum, n_pos, neg_sum, n_neg) = _run(
+    inp,
+    (
+      Pass(_hardest_terms, ("max", "min")),
+      Pass(_hard_pair_terms, ("sum", "sum", "sum", "sum")),
+    ),
+    triplet.distance_fn(distance, squared),
+    label_comparison=label_comparison,
+    axis_name=axis_name,
+    ring=ring,
+    block_size=block_size,
+  )
+  loss = triplet.triplet_formula(
+    _mean(pos_sum, n_pos), _mean(neg_sum, n_neg), margin, soft
+  )
+  return jnp.where(_active(n_pos, n_neg), loss, 0.0)
+
+
+@_doc
+def batch_all_triplet_loss(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  *,
+  ref_embeddings: jax.Array | None = None,
+  ref_labels: jax.Array | None = None,
+  positive_mask: jax.Array | None = None,
+  label_comparison: masks.LabelComparison | None = None,
+  mask: jax.Array | None = None,
+  axis_name: str | None = None,
+  margin: float | jax.Array | None = None,
+  distance: str | distances.DistanceFn = "euclidean",
+  squared: bool = False,
+  soft: bool = False,
+  average: Literal["anchor", "batch"] = "anchor",
+  block_size: int = 256,
+) -> jax.Array:
+  r"""Batch-all triplet loss in O(n m log m) time and O(block x m) memory.
+
+  The dense form, O(n m^2) in both, with the same values and gradients, is
+  :func:`metriclearn.losses.triplet.batch_all_triplet_loss`.
+
+  For each anchor the negative distances are sorted once; then for each positive
+  :math:`p` the number :math:`k_p` of negatives with :math:`D_{an} < D_{ap} + m` (a
+  binary search) and their sum (a prefix sum) give the whole row of triplets:
+
+  .. math::
+    S_a = \sum_{p \in P_a} \Big(k_p (D_{ap} + m) - \sum_{n:\, D_{an} < D_{ap} + m}
+    D_{an}\Big), \qquad C_a = \sum_{p \in P_a} k_p
+
+  exactly the dense form's sum and count of active triplets (hinge only:
+  ``soft=True`` has no active set to count; use the dense form). Anchors are taken
+  ``block_size`` at a time against all candidates (rows of ``m``), each block
+  recomputed in the backward pass (``jax.checkpoint``). With ``axis_name`` the
+  candidates are gathered; there is no ring form, a row needs all its candidates.
+
+  Args:
+    {ARGS}
+    margin: m >= 0; ``None``: 0.2.
+    distance: 'euclidean' (default), 'squared_euclidean', 'cosine', or a callable.
+    squared: square the distance (default False, as Hermans et al.).
+    soft: must be False (see above).
+    average: 'anchor' (:math:`S_a / C_a`) or 'batch' (see the dense form).
+    block_size: anchors per block (memory: ``block_size x m`` rows).
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> x = jnp.array([[0.0], [0.5], [0.4]])
+  >>> losses = batch_all_triplet_loss(x, jnp.array([0, 0, 1]), block_size=2)
+  >>> [round(v, 4) for v in losses.tolist()]
+  [0.3, 0.6, 0.0]
+
+  References:
+    Hermans, Beyer, Leibe. In Defense of the Triplet Loss for Person
+    Re-Identification. arXiv:1703.07737, 2017 (batch all, "BA≠0").
+  """
+  if soft:
+    raise ValueError(
+      "soft=True: every triplet is active and the soft-plus has no sorted form; use "
+      "metriclearn.losses.triplet.batch_all_triplet_loss."
+    )
+  if average not in ("anchor", "batch"):
+    raise ValueError(f"average must be one of ('anchor', 'batch'), got {average!r}.")
+  block_a, _ = _block_sizes(block_size)
+  margin = triplet.resolve_margin(margin, soft)
+  inp = _resolve(
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    positive_mask,
+    label_comparison,
+    mask,
+    axis_name,
+    False,
+  )
+  anchors, n = inp.anchors, inp.anchors.shape[0]
+  candidates = _batch.gather(inp.candidates, axis_name)
+  ref_all = _batch.gather(inp.ref_labels, axis_name)
+  margin = jnp.asarray(margin).astype(anchors.dtype)
+  dist_fn = triplet.distance_fn(distance, squared)
+  idx = _index_dtype()
+  base = 0 if axis_name is None else jax.lax.axis_index(axis_name).astype(idx) * n
+  ba = max(1, min(block_a, n))
+  na = _round_up(n, ba)
+  a_pad = _pad_rows(anchors, na, 0)
+  lab_pad = _pad_rows(inp.labels, na, -1)
+  pm_pad = None if inp.positive_mask is None else _pad_rows(inp.positive_mask, na, 0)
+  mk_pad = None if inp.mask is None else _pad_rows(inp.mask, na, 0)
+
+  @jax.checkpoint
+  def rows(a_blk, i0):
+    d = dist_fn(a_blk, candidates)  # [ba, m]
+    pos, neg = masks.pair_masks(
+      _slice_rows(lab_pad, i0, ba),
+      ref_all,
+      self_offset=base + i0 if inp.self_pairs else None,
+      label_comparison=label_comparison,
+      positive_mask=None if pm_pad is None else _slice_rows(pm_pad, i0, ba),
+    )
+    valid = (i0 + jnp.arange(ba, dtype=idx) < n)[:, None]
+    if mk_pad is not None:
+      valid &= _slice_rows(mk_pad, i0, ba)
+    pos, neg = pos & valid, neg & valid
+    sorted_neg = triplet.sorted_where(neg, d)  # [ba, m], +inf past the negatives
+    # Sums relative to the row's nearest negative (less cancellation below).
+    ref = jax.lax.stop_gradient(
+      jnp.where(jnp.isfinite(sorted_neg[:, :1]), sorted_neg[:, :1], 0.0)
+    )
+    shifted = jnp.where(jnp.isfinite(sorted_neg), sorted_neg - ref, 0.0)
+    prefix = jnp.concatenate(
+      [jnp.zeros_like(shifted[:, :1]), jnp.cumsum(shifted, axis=1)], axis=1
+    )
+    k = triplet.count_sorted(sorted_neg, d + margin, "left")  # D_an < D_ap + m
+    below = jnp.take_along_axis(prefix, k, axis=1)
+    per_positive = k.astype(d.dtype) * (d + margin - ref) - below
+    total = jnp.sum(jnp.where(pos, per_positive, 0.0), axis=1)
+    count = jnp.sum(jnp.where(pos, k, 0), axis=1)
+    return total, count
+
+  starts = jnp.arange(0, na, ba, dtype=idx)
+  total, count = jax.lax.map(
+    lambda args: rows(*args), (a_pad.reshape(na // ba, ba, -1), starts)
+  )
+  total, count = total.reshape(na)[:n], count.reshape(na)[:n]
+  return triplet._average(total, count, average, axis_name)
