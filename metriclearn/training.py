@@ -1,0 +1,677 @@
+"""Training: a train state, one pure train step for any metriclearn loss, three ways to
+run it (one device, ``pmap``, ``shard_map`` over a ``Mesh``), a cross-batch memory,
+Orbax checkpoints and a ``fit`` loop::
+
+  state = create_train_state(key, model, optax.adam(1e-3), images[:2])
+  step = make_train_step(model, ntxent_loss)                 # kind="batch"
+  state, metrics = jax.jit(step)(state, {"image": x, "label": y})
+  # or: fit(step, state, batches, num_steps=10_000, checkpoint_dir="ckpt")
+
+On several devices the same step is built with an ``axis_name`` (and the encoder's
+BatchNorm with the same ``axis_name``) and run with ``pmap_step`` / ``shard_map_step``
+(or ``fit(..., parallel="pmap")``). Given the same global batch it gives the same
+parameters as the single-device step: each device computes its share of the global
+sum of per-example losses over the global count, gradients are averaged with
+``lax.pmean``, BatchNorm statistics are those of the global batch, and batch-form
+losses compare the local anchors with every device's embeddings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import serialization, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from metriclearn.data.prefetch import shard_batch
+from metriclearn.losses import _batch
+
+Batch = Mapping[str, Any]
+KINDS = ("batch", "pair", "triplet", "proxy")
+REDUCTIONS = ("mean", "nonzero", "sum", "total")
+# The batch keys each kind of step reads (the names metriclearn.data's samplers emit).
+INPUT_KEYS = {
+  "batch": ("image",),
+  "proxy": ("image",),
+  "pair": ("x1", "x2"),
+  "triplet": ("anchor", "positive", "negative"),
+}
+TARGET_KEYS = {"batch": ("label",), "proxy": ("label",), "pair": ("similar",)}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or infinite; names the step and what is kept.
+
+  Attributes:
+    step: the step whose update was refused (the state count it would have reached).
+    metrics: that step's metrics (``loss``, ``grad_norm``).
+    last_checkpoint: the step of the last checkpoint kept, or None.
+  """
+
+  def __init__(
+    self, step: int, metrics: Mapping[str, float], last_checkpoint: int | None
+  ):
+    self.step, self.metrics, self.last_checkpoint = step, metrics, last_checkpoint
+    bad = [f"{k} became {v}" for k, v in metrics.items() if not math.isfinite(v)]
+    kept = (
+      f"the last good checkpoint (step {last_checkpoint}) is kept"
+      if last_checkpoint is not None
+      else "no checkpoint had been saved"
+    )
+    super().__init__(
+      f"training stopped: the {' and the '.join(bad)} at step {step}; {kept}. Lower "
+      "the learning rate, clip gradients, or check the data of that step."
+    )
+
+
+class Memory(struct.PyTreeNode):
+  """Cross-batch memory (XBM): a ring buffer of past embeddings and their labels.
+
+  Entries are written in order and overwrite the oldest; an empty slot has label -1,
+  so it takes part in no pair.
+
+  >>> memory = Memory.create(3, 2).enqueue(jnp.ones((2, 2)), jnp.array([4, 7]))
+  >>> memory.labels.tolist(), int(memory.pointer)
+  ([4, 7, -1], 2)
+
+  References:
+    Wang, Zhang, Huang, Scott. Cross-Batch Memory for Embedding Learning. CVPR 2020.
+  """
+
+  embeddings: jax.Array  # [M, d]
+  labels: jax.Array  # [M] int32, -1 for an empty slot
+  pointer: jax.Array  # scalar int32: the next slot to write
+
+  @classmethod
+  def create(cls, size: int, dim: int, dtype: Any = jnp.float32) -> Memory:
+    """An empty memory of ``size`` slots for ``dim``-dimensional embeddings."""
+    if size < 1:
+      raise ValueError(f"memory size must be >= 1, got {size}.")
+    return cls(
+      jnp.zeros((size, dim), dtype),
+      jnp.full((size,), -1, jnp.int32),
+      jnp.zeros((), jnp.int32),
+    )
+
+  @property
+  def size(self) -> int:
+    return self.labels.shape[-1]
+
+  def enqueue(self, embeddings: jax.Array, labels: jax.Array) -> Memory:
+    """Writes a batch ([n, d], [n]; n <= size) over the oldest entries."""
+    n = embeddings.shape[0]
+    slots = (self.pointer + jnp.arange(n)) % self.size
+    return self.replace(
+      embeddings=self.embeddings.at[slots].set(
+        jax.lax.stop_gradient(embeddings).astype(self.embeddings.dtype)
+      ),
+      labels=self.labels.at[slots].set(labels.astype(jnp.int32)),
+      pointer=(self.pointer + n) % self.size,
+    )
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a step changes: the encoder's ``params`` and ``batch_stats``, the
+  loss's learnable ``loss_params`` (a dict of arrays passed to the loss by keyword,
+  e.g. ``{"proxies": ...}``, trained by the same optimizer), the optimizer state, a
+  base PRNG key (the key of step ``s`` is ``fold_in(rng, s)``), the step count and an
+  optional cross-batch ``memory``."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  loss_params: dict[str, Any]
+  opt_state: optax.OptState
+  rng: jax.Array
+  memory: Memory | None
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @property
+  def trainable(self) -> dict[str, Any]:
+    """The tree the optimizer updates: encoder and loss parameters together."""
+    return {"params": self.params, "loss_params": self.loss_params}
+
+
+def create_train_state(
+  rng: jax.Array,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  example_input: jax.Array,
+  *,
+  loss_params: Mapping[str, Any] | None = None,
+  memory_size: int | None = None,
+) -> TrainState:
+  """Initialises the encoder on ``example_input`` (a batch of inputs) and the optimizer.
+
+  Args:
+    rng: a PRNG key (``jax.random.PRNGKey(seed)``); the run is a function of it.
+    model: a Flax module called as ``model.apply(variables, x, train=bool)`` that
+      returns [n, d] embeddings.
+    tx: an Optax optimizer; it updates the encoder and ``loss_params`` together.
+    example_input: [n, ...] inputs of the shape the step will see (any n).
+    loss_params: the loss's learnable arrays by keyword name, e.g. ``{"proxies":
+      init_proxies(key, c, d)}`` or ``{"scale": 1.0, "bias": 0.0}``.
+    memory_size: slots of a cross-batch memory (batch-form losses only); None for none.
+  """
+  init_rng, rng = jax.random.split(rng)
+  try:
+    hash(model)
+    init = functools.partial(_init_variables, model=model)  # compiled once per model
+  except TypeError:  # e.g. a module with a list attribute: compile for this call
+    init = jax.jit(functools.partial(_init_variables.__wrapped__, model=model))
+  variables = init(init_rng, example_input)
+  params = variables["params"]
+  loss_params = {
+    k: v if isinstance(v, jax.Array) else jnp.asarray(np.asarray(v))  # not weak
+    for k, v in dict(loss_params or {}).items()
+  }
+  memory = None
+  if memory_size is not None:
+    dim = jax.eval_shape(lambda: model.apply(variables, example_input)).shape[-1]
+    memory = Memory.create(memory_size, dim)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    loss_params=loss_params,
+    opt_state=tx.init({"params": params, "loss_params": loss_params}),
+    rng=rng,
+    memory=memory,
+    tx=tx,
+  )
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _init_variables(rng, example_input, *, model):
+  return model.init({"params": rng, "dropout": rng}, example_input)
+
+
+def _batch_inputs(batch: Batch, kind: str) -> tuple[list[jax.Array], list[jax.Array]]:
+  want = INPUT_KEYS[kind] + TARGET_KEYS.get(kind, ())
+  missing = [k for k in want if k not in batch]
+  if missing:
+    raise KeyError(
+      f"a {kind!r} batch needs keys {list(want)}; missing {missing} (got "
+      f"{sorted(batch)})."
+    )
+  inputs = [jnp.asarray(batch[k]) for k in INPUT_KEYS[kind]]
+  n = inputs[0].shape[0]
+  shapes = {k: tuple(jnp.shape(batch[k])) for k in want}
+  if (
+    any(s[:1] != (n,) for s in shapes.values())
+    or len({tuple(x.shape) for x in inputs}) > 1
+  ):
+    raise ValueError(f"the batch's arrays must share a leading size; got {shapes}.")
+  return inputs, [jnp.asarray(batch[k]) for k in TARGET_KEYS.get(kind, ())]
+
+
+def _reduce(values, valid, reduction, axis_name):
+  """Local numerator, global denominator and the global loss (a scalar metric)."""
+  if reduction == "total":  # terms of one loss that every device computes in full
+    total = jnp.sum(values)
+    return total, jnp.ones((), values.dtype), total
+  if reduction == "nonzero":
+    valid = valid & (values > 0)
+  num = jnp.sum(jnp.where(valid, values, 0.0))
+  den = jnp.sum(valid).astype(values.dtype)
+  if reduction == "sum":
+    den = jnp.ones((), values.dtype)
+  elif axis_name is not None:
+    den = jax.lax.psum(den, axis_name)
+  den = jnp.maximum(den, 1.0)
+  total = num if axis_name is None else jax.lax.psum(num, axis_name)
+  return num, den, total / den
+
+
+def make_train_step(
+  model: nn.Module,
+  loss: Callable[..., jax.Array],
+  *,
+  kind: str = "batch",
+  reduction: str = "mean",
+  axis_name: str | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  r"""A pure ``step(state, batch) -> (state, metrics)``: encode, loss, reduce, update.
+
+  .. math::
+    \theta \leftarrow \mathrm{tx}\Big(\nabla_\theta \tfrac{1}{|V|}
+    \sum_{i \in V} \ell_i\Big)
+
+  over the valid examples :math:`V` of the global batch. The encoder runs once, in
+  training mode, on all inputs of the batch concatenated (the siamese twins are one
+  encoder, and BatchNorm sees both members of every pair).
+
+  ==========  ==============================  ==========================================
+  kind        batch keys                      loss call (``**loss_params`` by keyword)
+  ==========  ==============================  ==========================================
+  batch       image [n,...], label [n]        ``loss(emb, label, axis_name=..)`` -> [n]
+  proxy       image, label                    ``loss(emb, label, axis_name=..,
+                                              proxies=..)`` -> [n]
+  pair        x1, x2, similar [n]             ``vmap(loss)(e1, e2, similar)`` -> [n]
+  triplet     anchor, positive, negative      ``vmap(loss)(ea, ep, en)`` -> [n]
+  ==========  ==============================  ==========================================
+
+  Bind a loss's options with ``functools.partial``. With a memory in the state
+  (batch kind), the loss compares the batch with the global batch plus the memory
+  (``ref_embeddings``, ``ref_labels``, self-pairs masked out, memory entries without
+  gradient), and the global batch is enqueued afterwards.
+
+  Args:
+    model: the encoder, ``model.apply(variables, x, train=True)`` -> [n, d]. For exact
+      multi-device BatchNorm give its BatchNorm layers the same ``axis_name``.
+    loss: any metriclearn loss of the given kind.
+    kind: 'batch', 'proxy', 'pair' or 'triplet' (see the table).
+    reduction: 'mean' over valid examples (label != -1), 'nonzero' (mean over the
+      examples with a positive loss), 'sum', or 'total': the loss returns the terms
+      of one global loss, the same on every device (e.g. ``proxy_anchor_loss``'s [C]
+      per-class terms, computed on the global batch through ``axis_name``), summed.
+    axis_name: the mapped axis when run under ``pmap``/``shard_map`` (None: one
+      device). Gradients and BatchNorm statistics are averaged over it and batch-form
+      losses draw candidates from every device.
+
+  Returns:
+    ``step(state, batch)``; metrics hold the global mean ``loss`` and ``grad_norm``.
+
+  >>> import optax
+  >>> from metriclearn import models
+  >>> from metriclearn.losses import pair
+  >>> model = models.Encoder(models.MLPEncoder((8,)), models.EmbeddingHead(2))
+  >>> x = jnp.ones((4, 3))
+  >>> state = create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), x)
+  >>> step = jax.jit(make_train_step(model, pair.contrastive_loss, kind="pair"))
+  >>> batch = {"x1": x, "x2": -x, "similar": jnp.array([True, False, True, False])}
+  >>> state, metrics = step(state, batch)
+  >>> int(state.step), sorted(metrics)
+  (1, ['grad_norm', 'loss'])
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+
+  def per_example(emb, targets, loss_params, memory):
+    n = emb.shape[0] // len(INPUT_KEYS[kind])
+    if kind in ("pair", "triplet"):
+      args = list(jnp.split(emb, len(INPUT_KEYS[kind]))) + targets
+      values = jax.vmap(lambda *a: loss(*a, **loss_params))(*args)
+      return values, jnp.ones((n,), bool), memory
+    (labels,) = targets
+    valid = labels >= 0
+    extra = {} if axis_name is None else {"axis_name": axis_name}
+    if kind == "proxy":
+      proxies = loss_params.get("proxies")
+      if proxies is not None and jnp.shape(proxies)[-1] != emb.shape[-1]:
+        raise ValueError(
+          f"the encoder's output dimension {emb.shape[-1]} does not match the loss's "
+          f"proxies of shape {tuple(jnp.shape(proxies))} (expected [classes, "
+          f"{emb.shape[-1]}])."
+        )
+      return loss(emb, labels, **extra, **loss_params), valid, memory
+    if memory is None:
+      return loss(emb, labels, **extra, **loss_params), valid, memory
+    # Cross-batch memory: candidates are the global batch (with gradient) and the
+    # memory (without); the anchor's own copy among them is masked out.
+    everyone = _batch.gather(emb, axis_name)
+    everyone_labels = _batch.gather(labels, axis_name)
+    if memory.size < everyone.shape[0]:
+      raise ValueError(
+        f"the memory ({memory.size} slots) is smaller than the global batch "
+        f"({everyone.shape[0]} examples); use a memory of at least the batch size."
+      )
+    if memory.embeddings.shape[-1] != emb.shape[-1]:
+      raise ValueError(
+        f"the memory holds {memory.embeddings.shape[-1]}-dimensional embeddings but "
+        f"the encoder outputs {emb.shape[-1]}."
+      )
+    ref = jnp.concatenate([everyone, jax.lax.stop_gradient(memory.embeddings)])
+    ref_labels = jnp.concatenate([everyone_labels, memory.labels])
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    not_self = (jnp.arange(n)[:, None] + offset) != jnp.arange(ref.shape[0])
+    values = loss(
+      emb,
+      labels,
+      ref_embeddings=ref,
+      ref_labels=ref_labels,
+      mask=not_self,
+      **loss_params,
+    )
+    return values, valid, memory.enqueue(everyone, everyone_labels)
+
+  def step(state: TrainState, batch: Batch):
+    if state.memory is not None and kind != "batch":
+      raise ValueError(f"a cross-batch memory needs kind='batch', got {kind!r}.")
+    inputs, targets = _batch_inputs(batch, kind)
+    n = inputs[0].shape[0]
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def objective(trainable):
+      variables = {"params": trainable["params"], "batch_stats": state.batch_stats}
+      emb, updates = model.apply(
+        variables,
+        jnp.concatenate(inputs),
+        train=True,
+        rngs={"dropout": rng},
+        mutable=["batch_stats"],
+      )
+      if emb.ndim != 2:
+        raise ValueError(f"the encoder must return [n, d] embeddings, got {emb.shape}.")
+      values, valid, memory = per_example(
+        emb, targets, trainable["loss_params"], state.memory
+      )
+      if values.shape != (n,) and reduction != "total":
+        raise ValueError(
+          f"a {kind!r} loss must give one value per example, shape ({n},); got "
+          f"{tuple(values.shape)} (pass an unreduced loss)."
+        )
+      num, den, mean = _reduce(values, valid, reduction, axis_name)
+      # Each device's share of the global mean, times the device count so that the
+      # pmean of the gradients is the gradient of the global mean. A 'total' loss is
+      # already the whole loss on every device (the gathers carry the gradients).
+      share = num / den if reduction == "total" else devices * num / den
+      return share, (mean, updates.get("batch_stats", {}), memory)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    (_, (mean, batch_stats, memory)), grads = grad_fn(state.trainable)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      batch_stats = jax.lax.pmean(batch_stats, axis_name)
+    # Optax mixes Python floats and int32 counts (Adam's bias correction): let it,
+    # even when the user runs JAX with strict dtype promotion.
+    with jax.numpy_dtype_promotion("standard"):
+      updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=trainable["params"],
+      loss_params=trainable["loss_params"],
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      memory=memory,
+    )
+    return new_state, {"loss": mean, "grad_norm": optax.tree.norm(grads)}
+
+  step.axis_name = axis_name  # read by pmap_step, shard_map_step and fit
+  return step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Array]:
+  """A jitted ``eval_step(state, x) -> [n, d]`` embeddings in evaluation mode."""
+
+  @jax.jit
+  def eval_step(state: TrainState, x: jax.Array) -> jax.Array:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return model.apply(variables, x, train=False)
+
+  return eval_step
+
+
+def embed(
+  eval_step: Callable[[TrainState, jax.Array], jax.Array],
+  state: TrainState,
+  x: Any,
+  *,
+  batch_size: int = 256,
+) -> np.ndarray:
+  """Embeds a whole array [N, ...] in batches (the last one padded: one compile)."""
+  x = np.asarray(x)
+  out = []
+  for start in range(0, len(x), batch_size):
+    chunk = x[start : start + batch_size]
+    pad = batch_size - len(chunk) if len(x) > batch_size else 0
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out.append(np.asarray(eval_step(state, chunk))[: len(chunk) - pad])
+  return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- placement helpers
+
+
+def make_mesh(axis_name: str = "batch", devices: Any = None) -> Mesh:
+  """A one-axis ``Mesh`` over ``devices`` (default: all) for ``shard_map_step``."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (axis_name,))
+
+
+def replicate(tree: Any, *, mesh: Mesh | None = None) -> Any:
+  """Copies a state to every device: stacked for ``pmap``, or replicated on ``mesh``."""
+  if mesh is not None:  # a copy: a donating step must not free the caller's arrays
+    copy = jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+    return jax.device_put(copy, NamedSharding(mesh, P()))
+  devices = jax.local_devices()
+  sharding = NamedSharding(make_mesh("_replicas", devices), P("_replicas"))
+  stack = lambda x: jnp.broadcast_to(jnp.asarray(x), (len(devices), *jnp.shape(x)))
+  return jax.device_put(jax.tree.map(stack, tree), sharding)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy of a ``pmap``-replicated tree."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def _axis_name_of(step: Callable) -> str:
+  axis_name = getattr(step, "axis_name", None)
+  if axis_name is None:
+    raise ValueError(
+      "this step was built without an axis_name; build it with "
+      "make_train_step(..., axis_name='batch') to run it on several devices."
+    )
+  return axis_name
+
+
+def pmap_step(step: Callable, *, donate: bool = False) -> Callable:
+  """``step`` under ``jax.pmap``: takes a ``replicate``-d state and a
+  ``shard_batch``-ed batch."""
+  return jax.pmap(step, axis_name=_axis_name_of(step), donate_argnums=(0,) * donate)
+
+
+@functools.cache  # one compiled function per (step, mesh, donate), as jax.pmap does
+def shard_map_step(step: Callable, mesh: Mesh, *, donate: bool = False) -> Callable:
+  """``step`` under ``jax.jit(jax.shard_map(...))`` over ``mesh``: takes a state
+  replicated on the mesh and a batch sharded along its axis (``shard_batch(mesh=)``)."""
+  axis_name = _axis_name_of(step)
+  if mesh.axis_names != (axis_name,):
+    raise ValueError(f"mesh axes {mesh.axis_names} must be ({axis_name!r},).")
+  # check_vma=False: gradients of the replicated parameters stay per-device (as under
+  # pmap) and the step's own pmean averages them.
+  mapped = jax.shard_map(
+    step,
+    mesh=mesh,
+    in_specs=(P(), P(axis_name)),
+    out_specs=(P(), P()),
+    check_vma=False,
+  )
+  return jax.jit(mapped, donate_argnums=(0,) * donate)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(
+  directory: str | os.PathLike,
+  *,
+  save_every: int = 1000,
+  keep: int | None = 3,
+  async_save: bool = True,
+) -> ocp.CheckpointManager:
+  """An Orbax manager that saves every ``save_every`` steps and keeps the last ``keep``.
+
+  A checkpoint appears only once completely written, so a process killed while
+  saving leaves the previous checkpoints intact.
+  """
+  options = ocp.CheckpointManagerOptions(
+    save_interval_steps=save_every,
+    max_to_keep=keep,
+    create=True,
+    enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_checkpoint(
+  manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False
+) -> bool:
+  """Saves a single-device (or mesh-replicated) state at its step, if the manager's
+  interval says so (or ``force``); returns whether it saved."""
+  step = int(state.step)
+  if not (force or manager.should_save(step)):
+    return False
+  host = jax.tree.map(np.array, serialization.to_state_dict(state))  # copies
+  return manager.save(step, args=ocp.args.StandardSave(host), force=force)
+
+
+def restore_checkpoint(
+  manager: ocp.CheckpointManager, template: TrainState, step: int | None = None
+) -> TrainState:
+  """Restores the checkpoint at ``step`` (default: the latest) into ``template``'s
+  structure (from ``create_train_state`` with the same configuration)."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+  target = jax.tree.map(np.asarray, serialization.to_state_dict(template))
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return serialization.from_state_dict(template, restored)
+
+
+# ---------------------------------------------------------------- fit
+
+
+def fit(
+  step: Callable,
+  state: TrainState,
+  batches: Callable[[int], Batch] | Iterable[Batch],
+  *,
+  num_steps: int,
+  parallel: str | None = None,
+  checkpoint_dir: str | os.PathLike | None = None,
+  save_every: int = 1000,
+  keep: int | None = 3,
+  eval_fn: Callable[[TrainState, int], Mapping[str, float]] | None = None,
+  eval_every: int = 1000,
+  log_path: str | os.PathLike | None = None,
+  log_every: int = 10,
+  progress: bool = True,
+) -> TrainState:
+  """Trains to ``num_steps``, resuming from the latest checkpoint in ``checkpoint_dir``.
+
+  Args:
+    step: from ``make_train_step`` (with an ``axis_name`` if ``parallel``).
+    state: the initial single-device state (``create_train_state``); replaced by the
+      latest checkpoint if there is one.
+    batches: ``batches(s)`` -> the host batch of step ``s`` (a global batch), or an
+      iterable of the run's batches from its first step (e.g. a seeded
+      ``metriclearn.data`` sampler): a resumed run skips the batches already seen,
+      so both resume exactly.
+    num_steps: the step count to reach.
+    parallel: None (``jax.jit`` on one device), 'pmap', or 'shard_map' (all devices).
+    checkpoint_dir: where Orbax checkpoints go (None: none). Saved every
+      ``save_every`` steps and at the end; the last ``keep`` are kept.
+    eval_fn: ``eval_fn(state, step) -> {name: value}`` every ``eval_every`` steps (and
+      at the end), with a single-device state (valid during the call only: the next
+      step reuses its buffers); results are logged.
+    log_path: a JSON-lines file: one line every ``log_every`` steps, with the mean
+      loss and gradient norm over those steps, and one line per evaluation.
+    progress: show a tqdm progress bar with the running loss.
+
+  Returns:
+    The final single-device state.
+
+  Raises:
+    NonFiniteLossError: the loss or the gradient became NaN/inf; the state of that
+      step is not saved, the earlier checkpoints are kept.
+  """
+  from tqdm.auto import tqdm
+
+  if parallel not in (None, "pmap", "shard_map"):
+    raise ValueError(f"parallel must be None, 'pmap' or 'shard_map', got {parallel!r}.")
+  if parallel is None and getattr(step, "axis_name", None) is not None:
+    raise ValueError(
+      f"this step was built with axis_name={step.axis_name!r}: run it with "
+      "parallel='pmap' or 'shard_map' (or build it without an axis_name)."
+    )
+  manager = None
+  if checkpoint_dir is not None:
+    manager = checkpoint_manager(checkpoint_dir, save_every=save_every, keep=keep)
+    if manager.latest_step() is not None:
+      state = restore_checkpoint(manager, state)
+  start = int(state.step)
+  if not callable(batches):
+    iterator = iter(batches)
+    for _ in range(start):  # a resumed run skips the batches the checkpoint has seen
+      next(iterator)
+    batches = lambda _: next(iterator)
+
+  if parallel is None:
+    run, place, host = jax.jit(step, donate_argnums=0), (lambda b: b), (lambda s: s)
+    state = jax.tree.map(jnp.array, state)  # a copy: the caller's state stays valid
+  elif parallel == "pmap":
+    run, place, host = pmap_step(step, donate=True), shard_batch, unreplicate
+    state = replicate(state)
+  else:
+    mesh = make_mesh(_axis_name_of(step))
+    run, host = shard_map_step(step, mesh, donate=True), (lambda s: s)
+    place = lambda b: shard_batch(b, mesh=mesh)
+    state = replicate(state, mesh=mesh)
+
+  log = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
+  bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
+  window, running = [], None
+
+  def write(record):
+    if log is not None:
+      log.write(json.dumps(record) + "\n")
+      log.flush()
+
+  try:
+    for s in range(start, num_steps):
+      state, metrics = run(state, place(batches(s)))
+      metrics = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(metrics).items()}
+      if not all(math.isfinite(v) for v in metrics.values()):
+        if manager is not None:
+          manager.wait_until_finished()
+        raise NonFiniteLossError(
+          s + 1, metrics, manager.latest_step() if manager else None
+        )
+      done = s + 1
+      window.append(metrics)
+      running = (
+        metrics["loss"] if running is None else 0.9 * running + 0.1 * metrics["loss"]
+      )
+      bar.update(1)
+      bar.set_postfix(loss=f"{running:.4f}")
+      if done % log_every == 0 or done == num_steps:
+        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        write({"step": done, **mean})
+        window = []
+      if manager is not None and (done % save_every == 0 or done == num_steps):
+        save_checkpoint(manager, host(state), force=True)
+      if eval_fn is not None and (done % eval_every == 0 or done == num_steps):
+        results = {k: float(v) for k, v in (eval_fn(host(state), done) or {}).items()}
+        if results:
+          write({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
+          bar.write(
+            f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
+          )
+  finally:
+    bar.close()
+    if log is not None:
+      log.close()
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+  return host(state)
