@@ -8,6 +8,8 @@
   neighbour, sigmoid (SigLIP) pairwise.
 - :mod:`~metriclearn.losses.pair_weighting`: contrastive over all pairs,
   multi-similarity, circle, lifted structure, margin loss.
+- :mod:`~metriclearn.losses.proxy`: ArcFace, sub-center ArcFace, CosFace, normalized
+  softmax, ProxyNCA(++), ProxyAnchor, SoftTriple, softmax cross-entropy baseline.
 
 Batch-form losses take ``(embeddings [n, d], labels [n], *, ...)`` and return one value
 per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`.
@@ -29,6 +31,18 @@ from metriclearn.losses.pair_weighting import (
   margin_loss,
   multi_similarity_loss,
 )
+from metriclearn.losses.proxy import (
+  arcface_loss,
+  cosface_loss,
+  init_proxies,
+  normalized_softmax_loss,
+  proxy_anchor_loss,
+  proxy_nca_loss,
+  proxy_nca_plus_plus_loss,
+  soft_triple_loss,
+  softmax_cross_entropy_loss,
+  subcenter_arcface_loss,
+)
 from metriclearn.losses.softmax import (
   infonce_loss,
   npair_loss,
@@ -46,6 +60,16 @@ from metriclearn.losses.triplet import (
 
 __all__ = [
   "CONTRASTIVE_VARIANTS",
+  "arcface_loss",
+  "cosface_loss",
+  "init_proxies",
+  "normalized_softmax_loss",
+  "proxy_anchor_loss",
+  "proxy_nca_loss",
+  "proxy_nca_plus_plus_loss",
+  "soft_triple_loss",
+  "softmax_cross_entropy_loss",
+  "subcenter_arcface_loss",
   "batch_all_triplet_loss",
   "batch_contrastive_loss",
   "batch_hard_triplet_loss",
