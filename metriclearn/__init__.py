@@ -5,13 +5,24 @@ miners, Flax encoders, a training step for one device or many, TFDS data and the
 evaluation metrics that metric-learning papers publish.
 """
 
-from metriclearn import data, distances, losses, masks, miners, models, reduce, training
+from metriclearn import (
+  data,
+  distances,
+  evaluation,
+  losses,
+  masks,
+  miners,
+  models,
+  reduce,
+  training,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
   "data",
   "distances",
+  "evaluation",
   "losses",
   "masks",
   "miners",

@@ -156,7 +156,8 @@ def create_train_state(
   """Initialises the encoder on ``example_input`` (a batch of inputs) and the optimizer.
 
   Args:
-    rng: a PRNG key (``jax.random.PRNGKey(seed)``); the run is a function of it.
+    rng: a PRNG key (``jax.random.PRNGKey(seed)`` or ``jax.random.key(seed)``); the
+      run is a function of it.
     model: a Flax module called as ``model.apply(variables, x, train=bool)`` that
       returns [n, d] embeddings.
     tx: an Optax optimizer; it updates the encoder and ``loss_params`` together.
@@ -165,6 +166,8 @@ def create_train_state(
       init_proxies(key, c, d)}`` or ``{"scale": 1.0, "bias": 0.0}``.
     memory_size: slots of a cross-batch memory (batch-form losses only); None for none.
   """
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a typed key (jax.random.key):
+    rng = jax.random.key_data(rng)  # keep its raw bits, which checkpoints can hold
   init_rng, rng = jax.random.split(rng)
   try:
     hash(model)
