@@ -313,8 +313,8 @@ def tables(results: dict, sizes) -> str:
     rule,
   ]
   keys = sorted(
-    {(loss, form) for (loss, form, _) in results if loss not in ("matmul",)},
-    key=lambda k: (list(CAPS).index(k[0]) if k[0] in CAPS else 99, k[1]),
+    {(loss, form) for (loss, form, _) in results if loss in CAPS},
+    key=lambda k: (list(CAPS).index(k[0]), k[1]),
   )
   for loss, form in keys:
     row = [
@@ -329,6 +329,22 @@ def tables(results: dict, sizes) -> str:
       for n in sizes
     ]
     out.append(f"| {loss} | {form} | " + " | ".join(row) + " |")
+  out += [
+    "",
+    "### Triplet form, n explicit (anchor, positive, negative) triplets: forward + "
+    "backward (this is where optax's triplet_margin_loss applies)",
+    "",
+    head,
+    rule,
+  ]
+  for form in ("metriclearn", "optax"):
+    row = [
+      _cell_time(results[("triplet_form", form, n)], None)
+      if ("triplet_form", form, n) in results
+      else "—"
+      for n in sizes
+    ]
+    out.append(f"| triplet_margin_loss | {form} | " + " | ".join(row) + " |")
   notes = sorted(
     {
       f"- {loss} {form} n = {n}: {r['status']}: {r['reason']}"

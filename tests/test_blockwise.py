@@ -114,27 +114,30 @@ def test_matches_dense_float64(name, dense, blockwise, options):
     e, labels = _batch()
     want, want_grad = _dense_reference(name, True)
     assert want.dtype == jnp.float64 and jnp.any(want != 0), name
-    # 13 anchors in blocks of 4 against candidates in blocks of 5: both padded.
+    # 13 rows in blocks of 4 (padded). Square blocks over the batch itself take the
+    # symmetric path (each block product serves (I, J) and (J, I)); the general path
+    # is the one of the ring and of the tests with other candidates.
     got, grad = _value_and_grad(
-      blockwise, jnp.asarray(e), labels, block_size=(4, 5), **options
+      blockwise, jnp.asarray(e), labels, block_size=4, **options
     )
     _assert_close(got, want, 1e-5, name)
     _assert_close(grad, want_grad, 1e-5, name)
 
 
 def test_block_sizes_and_eager():
-  """One block, blocks larger than the batch, square blocks; eager equals jit."""
+  """One block, blocks larger than the batch, unequal (non-symmetric) blocks; eager
+  equals jit."""
   with jax.enable_x64(True):
     e, labels = _batch()
     e = jnp.asarray(e)
     for name in ("supcon", "ntxent"):
       _, _, blockwise, options = CASES[IDS.index(name)]
       want, want_grad = _dense_reference(name, True)
-      for block in (13, 64, 3):
+      for block in (13, 64, (4, 5)):
         got, grad = _value_and_grad(blockwise, e, labels, block_size=block, **options)
         _assert_close(got, want, 1e-5, f"{name} {block}")
         _assert_close(grad, want_grad, 1e-5, f"{name} {block}")
-    eager = bw.ntxent_loss(e, labels, temperature=0.5, block_size=(4, 5))
+    eager = bw.ntxent_loss(e, labels, temperature=0.5, block_size=(3, 5))
     _assert_close(eager, _dense_reference("ntxent", True)[0], 1e-5)
 
 
@@ -183,7 +186,7 @@ def test_pair_options_match_dense():
     }
     checks = [
       ("ntxent", ("ref", "mask", "positive_mask")),
-      ("npair", ("ref", "mask", "positive_mask")),
+      ("npair", ("mask", "positive_mask")),
       ("margin", ("positive_mask",)),
       ("lifted_song", ("mask",)),
     ]

@@ -52,7 +52,7 @@ from metriclearn.losses import pair_weighting as _pw
 from metriclearn.losses.pair import contrastive_from_distance
 
 BlockSize = int | tuple[int, int]
-DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_BLOCK_SIZE = 512
 
 # ----------------------------------------------------------------------------------
 # The engine.
@@ -110,6 +110,7 @@ class _Config:
   label_comparison: Callable | None
   axis_name: str | None
   ring: bool
+  symmetric: bool = False  # candidates = anchors, sim symmetric, square blocks
 
 
 def _pad_rows(x: jax.Array, rows: int, value) -> jax.Array:
@@ -273,12 +274,48 @@ def _block(cfg: _Config, anc: _Anchors, sh: _Shard, i0, j0, params, consts, prev
   )
 
 
+def _update_block(ps: Pass, states: tuple, blk: Block) -> tuple:
+  """The running statistics of the block's anchors, updated with the block."""
+  if ps.prev_grad:  # also d(terms)/d(prev), for the backward pass
+
+    def values(sub):
+      full = list(blk.prev)
+      for k, x in zip(ps.prev_grad, sub, strict=True):
+        full[k] = x
+      return [v for v, _ in ps.terms(blk._replace(prev=tuple(full)))]
+
+    sub = tuple(blk.prev[k] for k in ps.prev_grad)
+    basis = [
+      tuple(
+        jnp.ones_like(x) if c == k else jnp.zeros_like(x) for c, x in enumerate(sub)
+      )
+      for k in range(len(sub))
+    ]
+    outs = [jax.jvp(values, (sub,), (t,)) for t in basis]
+    vals = outs[0][0]
+    dvs = [[o[1][q] for o in outs] for q in range(len(vals))]
+    term_masks = [msk for _, msk in ps.terms(blk)]
+  else:
+    terms = ps.terms(blk)
+    vals = [v for v, _ in terms]
+    term_masks = [msk for _, msk in terms]
+    dvs = [[] for _ in vals]
+  return tuple(
+    _update_stat(kind, st, v, msk, dv)
+    for kind, st, v, msk, dv in zip(
+      ps.kinds, states, vals, term_masks, dvs, strict=True
+    )
+  )
+
+
 def _pass_over_shard(
   cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev
 ):
   """Updates the running statistics ``states`` of every anchor with one shard."""
   ba, bc = cfg.block_a, cfg.block_c
   na, mc = anc.a.shape[0], sh.c.shape[0]
+  if cfg.symmetric:
+    return _pass_symmetric(cfg, ps, states, anc, sh, params, consts, prev)
 
   def anchor_block(args):
     i, st = args
@@ -289,44 +326,7 @@ def _pass_over_shard(
       j0 = j * bc
       c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
       blk = _block(cfg, anc, sh, i0, j0, params, consts, prev)
-      blk = blk._replace(s=cfg.sim_fn(a_blk, c_blk))
-      if ps.prev_grad:
-
-        def values(sub):
-          full = list(blk.prev)
-          for k, x in zip(ps.prev_grad, sub, strict=True):
-            full[k] = x
-          return [v for v, _ in ps.terms(blk._replace(prev=tuple(full)))]
-
-        sub = tuple(blk.prev[k] for k in ps.prev_grad)
-        outs = [
-          jax.jvp(
-            values,
-            (sub,),
-            (
-              tuple(
-                jnp.ones_like(x) if c == k else jnp.zeros_like(x)
-                for c, x in enumerate(sub)
-              ),
-            ),
-          )
-          for k in range(len(sub))
-        ]
-        vals = outs[0][0]
-        dvs = [[o[1][q] for o in outs] for q in range(len(vals))]
-        term_masks = [msk for _, msk in ps.terms(blk)]
-      else:
-        terms = ps.terms(blk)
-        vals = [v for v, _ in terms]
-        term_masks = [msk for _, msk in terms]
-        dvs = [[] for _ in vals]
-      st = tuple(
-        _update_stat(kind, s_, v, msk, dv)
-        for kind, s_, v, msk, dv in zip(
-          ps.kinds, st, vals, term_masks, dvs, strict=True
-        )
-      )
-      return st, None
+      return _update_block(ps, st, blk._replace(s=cfg.sim_fn(a_blk, c_blk))), None
 
     st, _ = jax.lax.scan(cand_block, st, jnp.arange(mc // bc))
     return st
@@ -334,6 +334,46 @@ def _pass_over_shard(
   blocks = jax.tree.map(lambda x: x.reshape((na // ba, ba) + x.shape[1:]), states)
   blocks = jax.lax.map(anchor_block, (jnp.arange(na // ba), blocks))
   return jax.tree.map(lambda x: x.reshape((na,) + x.shape[2:]), blocks)
+
+
+def _block_pairs(blocks: int) -> tuple[jax.Array, jax.Array]:
+  """Block indices (I, J), I <= J: each unordered pair of blocks once."""
+  i, j = np.triu_indices(blocks)
+  return jnp.asarray(i, _index_dtype()), jnp.asarray(j, _index_dtype())
+
+
+def _pass_symmetric(
+  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev
+):
+  """``_pass_over_shard`` when the candidates are the anchors and the similarity is
+  symmetric: block (I, J) serves anchors I against candidates J and, transposed,
+  anchors J against candidates I, so each product is computed once."""
+  b = cfg.block_a
+
+  def get(st, r0):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r0, b, 0), st)
+
+  def put(st, part, r0):
+    return jax.tree.map(
+      lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, r0, 0), st, part
+    )
+
+  def body(st, ij):
+    i0, j0 = ij[0] * b, ij[1] * b
+    s = cfg.sim_fn(
+      jax.lax.dynamic_slice_in_dim(anc.a, i0, b, 0),
+      jax.lax.dynamic_slice_in_dim(sh.c, j0, b, 0),
+    )
+    blk = _block(cfg, anc, sh, i0, j0, params, consts, prev)._replace(s=s)
+    st = put(st, _update_block(ps, get(st, i0), blk), i0)
+    blk = _block(cfg, anc, sh, j0, i0, params, consts, prev)._replace(s=s.T)
+    old = get(st, j0)
+    new = _update_block(ps, old, blk)
+    new = jax.tree.map(lambda x, y: jnp.where(ij[0] == ij[1], x, y), old, new)
+    return put(st, new, j0), None
+
+  states, _ = jax.lax.scan(body, states, _block_pairs(anc.a.shape[0] // b))
+  return states
 
 
 def _ring_perm(size: int) -> list[tuple[int, int]]:
@@ -395,14 +435,14 @@ def _forward(cfg: _Config, a, c, params, a_aux, c_aux, ctx):
   return tuple(stats), tuple(jacs)
 
 
-def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
-  """One backward sweep: d(a, a_aux, params) and d(shard c, shard c_aux)."""
-  ba, bc = cfg.block_a, cfg.block_c
-  na, mc = anc.a.shape[0], sh.c.shape[0]
-  flat_stats = [s for per_pass in stats for s in per_pass]
-  zeros = jax.tree.map(jnp.zeros_like, params)
+def _block_grads(cfg, stats, cts, blk: Block, s, params, i0):
+  """d(objective)/d(s, params, a_aux, c_aux) for one block, where the objective is
+  the sum of every statistic's terms weighted by its cotangent (times the softmax
+  weight for a log-sum-exp): the chain rule through the reductions."""
+  ba = s.shape[0]
+  flat_stats = [x for per_pass in stats for x in per_pass]
 
-  def objective(s, prm, a_aux, c_aux, blk: Block, i0):
+  def objective(s, prm, a_aux, c_aux):
     total = jnp.zeros((), s.dtype)
     offset = 0
     for ps, st, ct in zip(cfg.passes, stats, cts, strict=True):
@@ -420,6 +460,17 @@ def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts
       offset += len(ps.kinds)
     return total
 
+  return jax.grad(objective, argnums=(0, 1, 2, 3))(s, params, blk.a_aux, blk.c_aux)
+
+
+def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
+  """One backward sweep: d(a, a_aux, params) and d(shard c, shard c_aux)."""
+  if cfg.symmetric:
+    return _grads_symmetric(cfg, anc, sh, params, consts, stats, cts)
+  ba, bc = cfg.block_a, cfg.block_c
+  na, mc = anc.a.shape[0], sh.c.shape[0]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
   def anchor_block(carry, i):
     dc, dc_aux, dprm = carry
     i0 = i * ba
@@ -432,9 +483,7 @@ def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts
       c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
       blk = _block(cfg, anc, sh, i0, j0, params, consts, ())
       s, sim_vjp = jax.vjp(cfg.sim_fn, a_blk, c_blk)
-      ds, g_prm, g_a_aux, g_c_aux = jax.grad(objective, argnums=(0, 1, 2, 3))(
-        s, params, a_aux_blk, blk.c_aux, blk, i0
-      )
+      ds, g_prm, g_a_aux, g_c_aux = _block_grads(cfg, stats, cts, blk, s, params, i0)
       g_a, g_c = sim_vjp(ds)
       inner = (
         da + g_a,
@@ -464,6 +513,61 @@ def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts
   da = da.reshape(anc.a.shape)
   da_aux = jax.tree.map(lambda g, x: g.reshape(x.shape), da_aux, anc.aux)
   return da, da_aux, dprm, dc, dc_aux
+
+
+def _grads_symmetric(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
+  """``_grads_over_shard`` for symmetric sweeps (see ``_pass_symmetric``): the
+  gradient of block (I, J) and of its transpose go through one product pair. All of
+  the embeddings' gradient is returned as the anchors'."""
+  b = cfg.block_a
+
+  def add(tree, part, r0):
+    return jax.tree.map(
+      lambda x, y: jax.lax.dynamic_update_slice_in_dim(
+        x, jax.lax.dynamic_slice_in_dim(x, r0, b, 0) + y, r0, 0
+      ),
+      tree,
+      part,
+    )
+
+  def body(carry, ij):
+    de, da_aux, dc_aux, dprm = carry
+    i0, j0 = ij[0] * b, ij[1] * b
+    off_diagonal = (ij[0] != ij[1]).astype(anc.a.dtype)
+    s, sim_vjp = jax.vjp(
+      cfg.sim_fn,
+      jax.lax.dynamic_slice_in_dim(anc.a, i0, b, 0),
+      jax.lax.dynamic_slice_in_dim(sh.c, j0, b, 0),
+    )
+    blk = _block(cfg, anc, sh, i0, j0, params, consts, ())
+    ds, g_prm, g_a_aux, g_c_aux = _block_grads(cfg, stats, cts, blk, s, params, i0)
+    blk = _block(cfg, anc, sh, j0, i0, params, consts, ())
+    ds_t, g_prm_t, g_a_aux_t, g_c_aux_t = _block_grads(
+      cfg, stats, cts, blk, s.T, params, j0
+    )
+    g_i, g_j = sim_vjp(ds + off_diagonal * ds_t.T)
+    de = add(add(de, g_i, i0), g_j, j0)
+    scale = functools.partial(jax.tree.map, lambda x: off_diagonal * x)
+    da_aux = add(add(da_aux, g_a_aux, i0), scale(g_a_aux_t), j0)
+    dc_aux = add(add(dc_aux, g_c_aux, j0), scale(g_c_aux_t), i0)
+    dprm = jax.tree.map(jnp.add, dprm, g_prm)
+    dprm = jax.tree.map(jnp.add, dprm, scale(g_prm_t))
+    return (de, da_aux, dc_aux, dprm), None
+
+  init = _vary(
+    (
+      jnp.zeros_like(anc.a),
+      jax.tree.map(jnp.zeros_like, anc.aux),
+      jax.tree.map(jnp.zeros_like, sh.aux),
+      jax.tree.map(jnp.zeros_like, params),
+    ),
+    anc.a,
+    sh.c,
+  )
+  (de, da_aux, dc_aux, dprm), _ = jax.lax.scan(
+    body, init, _block_pairs(anc.a.shape[0] // b)
+  )
+  return de, da_aux, dprm, jnp.zeros_like(sh.c), dc_aux
 
 
 def _backward(cfg: _Config, res, cts):
@@ -575,6 +679,7 @@ def blockwise_reduce(
   axis_name: str | None = None,
   ring: bool = False,
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
+  symmetric: bool = False,
 ) -> tuple[tuple[jax.Array, ...], ...]:
   """Per-anchor statistics of every pass, computed block by block.
 
@@ -603,6 +708,9 @@ def blockwise_reduce(
       around the ring (``ring=True``).
     ring: see ``axis_name``.
     block_size: int, or ``(block_a, block_c)``.
+    symmetric: ``sim_fn(c, a) == sim_fn(a, c).T`` (true of every named similarity
+      and distance). With ``self_pairs``, square blocks and no ``axis_name``, each
+      product of blocks (I, J) then also serves (J, I): half the products.
 
   Returns:
     For every pass, a tuple of [n] statistics (in the order of ``kinds``).
@@ -637,7 +745,17 @@ def blockwise_reduce(
     consts=consts,
   )
   cfg = _Config(
-    tuple(passes), sim_fn, ba, bc, n, m, self_pairs, label_comparison, axis_name, ring
+    tuple(passes),
+    sim_fn,
+    ba,
+    bc,
+    n,
+    m,
+    self_pairs,
+    label_comparison,
+    axis_name,
+    ring,
+    symmetric=symmetric and self_pairs and axis_name is None and ba == bc,
   )
   stats = _make_engine(cfg)(
     _pad_rows(anchors, na, 0),
@@ -727,6 +845,16 @@ def _scalar(value: Any, name: str, dtype, *, positive: bool = False) -> jax.Arra
   return x.astype(dtype)
 
 
+# Pairwise functions with f(c, a) == f(a, c).T.
+_SYMMETRIC = (
+  distances.pairwise_dot,
+  distances.pairwise_cosine_similarity,
+  distances.pairwise_cosine_distance,
+  distances.pairwise_euclidean,
+  distances.pairwise_squared_euclidean,
+)
+
+
 def _run(
   inp: _Inputs,
   passes,
@@ -752,6 +880,7 @@ def _run(
     axis_name=axis_name,
     ring=ring,
     block_size=block_size,
+    symmetric=sim_fn in _SYMMETRIC or sim_fn is _no_similarity,
     **kwargs,
   )
 
@@ -1794,6 +1923,7 @@ def npair_loss(
       inp.labels,
       self_pairs=True,
       candidate_aux=has_pos.astype(dtype),
+      symmetric=True,
       **common,
     )
     used = has_pos & ~(earlier > 0)
