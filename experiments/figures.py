@@ -84,6 +84,8 @@ def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, path) -> pathlib.Pa
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   ax.plot(fpr, tpr, lw=1.5, label=f"AUC = {auc:.4f}")
   ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-  ax.set(xlabel="false accept rate", ylabel="true accept rate", title="verification ROC")
+  ax.set(
+    xlabel="false accept rate", ylabel="true accept rate", title="verification ROC"
+  )
   ax.legend(loc="lower right")
   return _save(fig, path)

@@ -23,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metriclearn import models, training
-from metriclearn.losses.softmax import ntxent_loss
+# The same random-number implementation as the test process (tests/conftest.py), so
+# that this process and the test compute the same run.
+jax.config.update("jax_threefry_partitionable", False)
+
+from metriclearn import models, training  # noqa: E402
+from metriclearn.losses.softmax import ntxent_loss  # noqa: E402
 
 SAVE_EVERY, KEEP = 2, 3
 

@@ -412,7 +412,7 @@ def shift(images, rng):
 
 @pytest.mark.slow
 def test_training_on_digits_improves_retrieval_of_held_out_classes():
-  """300 steps of NT-Xent on digits 0-4 make retrieval of the unseen digits 5-9
+  """600 steps of NT-Xent on digits 0-4 make retrieval of the unseen digits 5-9
   better than at initialisation.
 
   Protocol: held-out queries are moved by up to a pixel (a writer's offset), the
@@ -453,9 +453,10 @@ def test_training_on_digits_improves_retrieval_of_held_out_classes():
   step = training.make_train_step(
     model, functools.partial(softmax.ntxent_loss, temperature=0.1)
   )
-  after = retrieval(training.fit(step, state, batches, num_steps=300, progress=False))
-  # Measured: P@1 0.40 -> 0.52, MAP@R 0.16 -> 0.25 (seeds 1, 2: +0.07 to +0.16 P@1,
-  # +0.07 to +0.09 MAP@R).
+  after = retrieval(training.fit(step, state, batches, num_steps=600, progress=False))
+  # Measured (classic threefry, as conftest sets): P@1 0.462 -> 0.547, MAP@R 0.169 ->
+  # 0.246; seed 1: P@1 0.498 -> 0.569, MAP@R 0.212 -> 0.272. At 300 steps the gain is
+  # smaller and varies more with the seed (P@1 +0.03 to +0.13).
   assert after["precision_at_1"] > before["precision_at_1"] + 0.05, (before, after)
   assert after["map_at_r"] > before["map_at_r"] + 0.05, (before, after)
   assert after["map_at_r"] > 1.3 * before["map_at_r"], (before, after)
