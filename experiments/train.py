@@ -226,6 +226,11 @@ def _pairs(labels, n, rng):
   )
 
 
+def _retrieval(emb, labels) -> dict:
+  out = evaluation.retrieval_metrics(emb, labels)
+  return {k: out[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
+
+
 def evaluate(
   config, state, eval_step, test, runs, *, final: bool, workdir=None, history=None
 ) -> dict:
@@ -342,6 +347,11 @@ def train_and_evaluate(
   )
   step = training.make_train_step(model, spec.fn, kind=spec.kind)
   eval_step = training.make_eval_step(model)
+  # Reality checks printed beside the result: raw pixels and the untrained encoder.
+  baselines = {
+    "raw pixels": _retrieval(_images(test.images).reshape(len(test), -1), test.labels),
+    "untrained": evaluate(config, state, eval_step, test, runs, final=False),
+  }
   log_path = workdir / "log.jsonl"
 
   def eval_fn(state, s):
@@ -373,6 +383,7 @@ def train_and_evaluate(
   figures.training_curves(history, workdir / "figures" / "training_curves.png")
   result = {
     "metrics": metrics,
+    "baselines": baselines,
     "config": config,
     "machine": machine(),
     "wall_time_s": round(time.time() - start, 1),
@@ -382,11 +393,25 @@ def train_and_evaluate(
   return result
 
 
-def format_table(metrics: dict) -> str:
-  rows = [("metric", "held-out value")] + [(k, f"{v:.4f}") for k, v in metrics.items()]
-  width = max(len(r[0]) for r in rows)
-  lines = [f"| {a:<{width}} | {b:>14} |" for a, b in rows]
-  lines.insert(1, f"|{'-' * (width + 2)}|{'-' * 16}|")
+def format_table(metrics: dict, baselines: dict | None = None) -> str:
+  """A Markdown table: the trained encoder's held-out metrics, beside baselines."""
+  baselines = baselines or {}
+  head = ["metric", *baselines, "trained"]
+  rows = [head]
+  for k, v in metrics.items():
+    cells = [f"{b[k]:.4f}" if k in b else "" for b in baselines.values()]
+    rows.append([k, *cells, f"{v:.4f}"])
+  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+
+  def line(row):
+    cells = [
+      c.ljust(w) if i == 0 else c.rjust(w)
+      for i, (c, w) in enumerate(zip(row, widths, strict=True))
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+  lines = [line(r) for r in rows]
+  lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
   return "\n".join(lines)
 
 
@@ -428,7 +453,7 @@ def main(argv=None) -> dict:
   )
   result = train_and_evaluate(config, workdir, progress=not args.no_progress)
   print(f"\nheld-out classes ({result['wall_time_s']} s):")
-  print(format_table(result["metrics"]))
+  print(format_table(result["metrics"], result["baselines"]))
   print(f"\nwrote {workdir}/metrics.json, log.jsonl, checkpoints/, figures/")
   return result
 
