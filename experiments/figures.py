@@ -30,7 +30,9 @@ def training_curves(history: list[dict], path) -> pathlib.Path:
   ax_loss.plot(steps, [h["loss"] for h in history if "loss" in h], lw=1)
   ax_loss.set(xlabel="step", ylabel="training loss", title="training loss")
   evals = [h for h in history if any(k.startswith("eval/") for k in h)]
-  for key in sorted({k for h in evals for k in h if k.startswith("eval/")}):
+  keys = [k for h in evals for k in h if k.startswith("eval/")]
+  # the metrics followed during training (the final evaluation adds more, once)
+  for key in sorted({k for k in keys if keys.count(k) > 1}):
     pts = [(h["step"], h[key]) for h in evals if key in h]
     ax_eval.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key[5:])
   ax_eval.set(xlabel="step", ylabel="held-out metric", title="held-out classes")

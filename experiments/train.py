@@ -373,7 +373,8 @@ def train_and_evaluate(
     log_every=10,
     progress=progress,
   )
-  history = [json.loads(line) for line in open(log_path)]
+  start_eval = {f"eval/{k}": v for k, v in baselines["untrained"].items()}
+  history = [{"step": 0, **start_eval}] + [json.loads(line) for line in open(log_path)]
   metrics = evaluate(
     config, state, eval_step, test, runs, final=True, workdir=workdir, history=history
   )

@@ -1,8 +1,12 @@
 """The main job: scikit-learn's bundled digits (8x8), classes 0-4 train, 5-9 held out.
 
 Command:  python experiments/train.py
-Expected: held-out MAP@R ~0.6-0.7 and P@1 ~0.9 (untrained MLP: MAP@R ~0.3), in well
-under two minutes on a 2-core CPU. No download: the data ships with scikit-learn.
+Expected (seed 0, measured): held-out P@1 0.887, R-precision 0.455, MAP@R 0.329,
+5-way one-shot 0.498, in about a minute on a 2-core CPU; beside it raw pixels give
+MAP@R 0.611 and the untrained encoder 0.461. Five training classes teach little that
+transfers to five others: the run is a working pipeline and a reality check, not a
+showcase (experiments/results/ has the datasets with many training classes). No
+download: the data ships with scikit-learn.
 """
 
 
