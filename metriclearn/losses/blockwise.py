@@ -11,7 +11,11 @@ as flash attention does: peak memory grows with ``block_a x block_c`` and with
 ``(n + m) d``, never with ``n m``. A loss that needs a per-anchor statistic before its
 sum (NT-Xent's negative log-sum-exp, the multi-similarity mining thresholds) makes two
 forward sweeps; the backward pass is always one sweep (the dependence of the second
-sweep on the first is a per-anchor derivative taken in the forward sweep).
+sweep on the first is a per-anchor derivative taken in the forward sweep). When the
+candidates are the anchors themselves on one device (the usual in-batch case) and the
+similarity is a named, symmetric one, the sweeps run over pairs of blocks I <= J
+instead: the product of blocks I and J serves both (I, J) and (J, I), which halves
+the matrix products of the forward and the backward pass.
 
 Every loss has the signature of its dense form in :mod:`metriclearn.losses.softmax`,
 :mod:`~metriclearn.losses.pair_weighting` or :mod:`~metriclearn.losses.triplet`, the
@@ -933,7 +937,9 @@ def _ntxent_passes(similarity) -> tuple[Pass, ...]:
   def positives(b: Block):
     neg_lse, neg_count = b.prev
     pos = b.positive & (neg_count > 0)[:, None]
-    per_pair = jax.nn.softplus(neg_lse[:, None] - b.s / b.params)
+    x = neg_lse[:, None] - b.s / b.params
+    # softplus(x), written so that its derivative reuses exp(-|x|) (faster here)
+    per_pair = jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
     return [(per_pair, pos), (_ones(b), pos)]
 
   return (
