@@ -242,6 +242,23 @@ def test_check_grads_two_sweeps():
     check_grads(fn, (jnp.asarray(e), 0.7), order=1, modes=["rev"], eps=1e-6)
 
 
+def test_batch_hard_ties_share_the_gradient():
+  """Exact ties for the hardest positive / negative: the gradient is split among them
+  as jnp.max's is (points on a line at integer positions)."""
+  with jax.enable_x64(True):
+    e = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    e = jnp.concatenate([e, e + 3.0])
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 1, 1], np.int32)
+    got, grad = _value_and_grad(
+      bw.batch_hard_triplet_loss, e, labels, block_size=3, distance="squared_euclidean"
+    )
+    want, want_grad = _value_and_grad(
+      triplet.batch_hard_triplet_loss, e, labels, distance="squared_euclidean"
+    )
+    _assert_close(got, want, 1e-6)
+    _assert_close(grad, want_grad, 1e-6)
+
+
 def test_multi_similarity_mining_matches_miner_mask():
   with jax.enable_x64(True):
     e, labels = _batch(n=16, classes=3, duplicate=False)

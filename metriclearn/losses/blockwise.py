@@ -92,14 +92,20 @@ class Pass:
   ``terms`` returns one ``(values [ba, bc], mask [ba, bc] bool)`` per statistic and
   ``kinds`` says how each is reduced over the candidates in ``mask``: ``'sum'``,
   ``'lse'`` (log-sum-exp, 0 where the mask is empty), ``'max'`` or ``'min'`` (-inf /
-  +inf where empty; not differentiated: use them for thresholds). ``prev_grad`` lists
-  the indices of the earlier statistics (flattened over the earlier passes) whose
-  influence on this pass is differentiated; 'sum' and 'lse' statistics only.
+  +inf where empty; the gradient goes to the entries that attain it, shared equally
+  among ties, as ``jnp.max``'s). ``prev_grad`` lists the indices of the earlier
+  statistics (flattened over the earlier passes) whose influence on this pass is
+  differentiated; 'sum' and 'lse' statistics only (a 'max' used as a threshold in a
+  mask takes no gradient).
+  ``positive_only``: every mask of ``terms`` lies within ``block.positive``, so a
+  block without a positive pair adds nothing; the engine skips such blocks when it
+  knows which blocks can hold one (labels sorted, see :func:`blockwise_reduce`).
   """
 
   terms: TermFn
   kinds: tuple[str, ...]
   prev_grad: tuple[int, ...] = ()
+  positive_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +121,7 @@ class _Config:
   axis_name: str | None
   ring: bool
   symmetric: bool = False  # candidates = anchors, sim symmetric, square blocks
+  sorted_labels: bool = False  # label-equality positives, labels sorted: skip blocks
 
 
 def _pad_rows(x: jax.Array, rows: int, value) -> jax.Array:
@@ -179,9 +186,9 @@ def _init_stat(kind: str, rows: int, p: int, dtype) -> tuple:
   if kind == "lse":
     return (jnp.full((rows,), jnp.finfo(dtype).min, dtype), zeros, jac)
   if kind == "max":
-    return (jnp.full((rows,), -jnp.inf, dtype),)
+    return (jnp.full((rows,), -jnp.inf, dtype), zeros)
   if kind == "min":
-    return (jnp.full((rows,), jnp.inf, dtype),)
+    return (jnp.full((rows,), jnp.inf, dtype), zeros)
   raise ValueError(f"kind must be one of 'sum', 'lse', 'max', 'min', got {kind!r}.")
 
 
@@ -204,13 +211,19 @@ def _update_stat(kind: str, state: tuple, v, mask, dvs) -> tuple:
     if dvs:
       jac = jac * scale[:, None] + jac_sum(e)
     return (new, se, jac)
-  if kind == "max":
-    return (jnp.maximum(state[0], jnp.max(jnp.where(mask, v, -jnp.inf), axis=1)),)
-  return (jnp.minimum(state[0], jnp.min(jnp.where(mask, v, jnp.inf), axis=1)),)
+  # max / min: the value and how many entries attain it (ties share the gradient).
+  old, count = state
+  sign = 1.0 if kind == "max" else -1.0
+  best = sign * jnp.max(jnp.where(mask, sign * v, -jnp.inf), axis=1)
+  ties = jnp.sum(mask & (v == best[:, None]), axis=1).astype(count.dtype)
+  new = jnp.maximum(old, best) if kind == "max" else jnp.minimum(old, best)
+  count = jnp.where(old == new, count, 0.0) + jnp.where(best == new, ties, 0.0)
+  return (new, count)
 
 
-def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, jax.Array | None]:
-  """(value [rows], jacobian [rows, p] or None)."""
+def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, jax.Array]:
+  """(value [rows], extra): 'sum' / 'lse': the jacobian [rows, p] w.r.t. the
+  differentiated earlier statistics; 'max' / 'min': the number of ties [rows]."""
   if kind == "sum":
     return state[0], state[1]
   if kind == "lse":
@@ -218,7 +231,7 @@ def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, jax.Array | None]:
     has = se > 0
     safe = jnp.where(has, se, 1.0)
     return jnp.where(has, mx + jnp.log(safe), 0.0), jac / safe[:, None]
-  return state[0], None
+  return state
 
 
 class _Shard(NamedTuple):
@@ -313,13 +326,13 @@ def _update_block(ps: Pass, states: tuple, blk: Block) -> tuple:
 
 
 def _pass_over_shard(
-  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev
+  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev, ctx
 ):
   """Updates the running statistics ``states`` of every anchor with one shard."""
   ba, bc = cfg.block_a, cfg.block_c
   na, mc = anc.a.shape[0], sh.c.shape[0]
   if cfg.symmetric:
-    return _pass_symmetric(cfg, ps, states, anc, sh, params, consts, prev)
+    return _pass_symmetric(cfg, ps, states, anc, sh, params, consts, prev, ctx)
 
   def anchor_block(args):
     i, st = args
@@ -328,9 +341,15 @@ def _pass_over_shard(
 
     def cand_block(st, j):
       j0 = j * bc
-      c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
-      blk = _block(cfg, anc, sh, i0, j0, params, consts, prev)
-      return _update_block(ps, st, blk._replace(s=cfg.sim_fn(a_blk, c_blk))), None
+
+      def update(st):
+        c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
+        blk = _block(cfg, anc, sh, i0, j0, params, consts, prev)
+        return _update_block(ps, st, blk._replace(s=cfg.sim_fn(a_blk, c_blk)))
+
+      if _skippable(cfg, ps):
+        return jax.lax.cond(_may_share_label(ctx, i, j), update, lambda x: x, st), None
+      return update(st), None
 
     st, _ = jax.lax.scan(cand_block, st, jnp.arange(mc // bc))
     return st
@@ -340,6 +359,26 @@ def _pass_over_shard(
   return jax.tree.map(lambda x: x.reshape((na,) + x.shape[2:]), blocks)
 
 
+def _label_ranges(labels: jax.Array, rows: int, block: int) -> jax.Array:
+  """[blocks, 2]: the smallest and largest real label of each block of sorted rows."""
+  blocks = labels.shape[0] // block
+  valid = (labels >= 0) & (jnp.arange(labels.shape[0]) < rows)
+  big = jnp.iinfo(labels.dtype).max
+  lo = jnp.where(valid, labels, big).reshape(blocks, block).min(axis=1)
+  hi = jnp.where(valid, labels, -big).reshape(blocks, block).max(axis=1)
+  return jnp.stack([lo, hi], axis=1)
+
+
+def _may_share_label(ctx, i, j) -> jax.Array:
+  """Whether anchor block i and candidate block j can hold a positive pair."""
+  a, c = ctx["a_ranges"][i], ctx["c_ranges"][j]
+  return (a[0] <= c[1]) & (c[0] <= a[1])
+
+
+def _skippable(cfg, ps: Pass) -> bool:
+  return cfg.sorted_labels and ps.positive_only
+
+
 def _block_pairs(blocks: int) -> tuple[jax.Array, jax.Array]:
   """Block indices (I, J), I <= J: each unordered pair of blocks once."""
   i, j = np.triu_indices(blocks)
@@ -347,7 +386,7 @@ def _block_pairs(blocks: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _pass_symmetric(
-  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev
+  cfg, ps: Pass, states, anc: _Anchors, sh: _Shard, params, consts, prev, ctx
 ):
   """``_pass_over_shard`` when the candidates are the anchors and the similarity is
   symmetric: block (I, J) serves anchors I against candidates J and, transposed,
@@ -362,7 +401,7 @@ def _pass_symmetric(
       lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, r0, 0), st, part
     )
 
-  def body(st, ij):
+  def update(st, ij):
     i0, j0 = ij[0] * b, ij[1] * b
     s = cfg.sim_fn(
       jax.lax.dynamic_slice_in_dim(anc.a, i0, b, 0),
@@ -374,7 +413,13 @@ def _pass_symmetric(
     old = get(st, j0)
     new = _update_block(ps, old, blk)
     new = jax.tree.map(lambda x, y: jnp.where(ij[0] == ij[1], x, y), old, new)
-    return put(st, new, j0), None
+    return put(st, new, j0)
+
+  def body(st, ij):
+    if _skippable(cfg, ps):
+      skip = ~_may_share_label(ctx, ij[0], ij[1])
+      return jax.lax.cond(skip, lambda st, ij: st, update, st, ij), None
+    return update(st, ij), None
 
   states, _ = jax.lax.scan(body, states, _block_pairs(anc.a.shape[0] // b))
   return states
@@ -419,17 +464,17 @@ def _forward(cfg: _Config, a, c, params, a_aux, c_aux, ctx):
     consts = ctx["consts"]
     if not cfg.ring:
       sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, None, m_pad)
-      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev, ctx)
     else:
       travel = (c, ctx["c_labels"], c_aux)
       sh = _shard_at(cfg, ctx, *travel, me, m_pad)
-      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+      states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev, ctx)
 
       def step(carry, w, ps=ps, prev=prev, consts=consts):
         states, travel = carry
         travel = jax.lax.ppermute(travel, cfg.axis_name, _ring_perm(size))
         sh = _shard_at(cfg, ctx, *travel, (me - w) % size, m_pad)
-        states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev)
+        states = _pass_over_shard(cfg, ps, states, anc, sh, params, consts, prev, ctx)
         return (states, travel), None
 
       (states, _), _ = jax.lax.scan(step, (states, travel), jnp.arange(1, size))
@@ -439,38 +484,63 @@ def _forward(cfg: _Config, a, c, params, a_aux, c_aux, ctx):
   return tuple(stats), tuple(jacs)
 
 
-def _block_grads(cfg, stats, cts, blk: Block, s, params, i0):
+def _block_grads(cfg, stats, extras, cts, blk: Block, s, params, i0, active=None):
   """d(objective)/d(s, params, a_aux, c_aux) for one block, where the objective is
   the sum of every statistic's terms weighted by its cotangent (times the softmax
   weight for a log-sum-exp): the chain rule through the reductions."""
   ba = s.shape[0]
   flat_stats = [x for per_pass in stats for x in per_pass]
 
-  def objective(s, prm, a_aux, c_aux):
+  def objective(s, prm, a_aux, c_aux, which):
     total = jnp.zeros((), s.dtype)
     offset = 0
-    for ps, st, ct in zip(cfg.passes, stats, cts, strict=True):
+    for k, (ps, st, ex, ct) in enumerate(
+      zip(cfg.passes, stats, extras, cts, strict=True)
+    ):
+      if k not in which:
+        offset += len(ps.kinds)
+        continue
       prev = tuple(_slice_rows(x, i0, ba) for x in flat_stats[:offset])
       b = blk._replace(s=s, params=prm, a_aux=a_aux, c_aux=c_aux, prev=prev)
-      for (v, msk), kind, value, g in zip(ps.terms(b), ps.kinds, st, ct, strict=True):
-        if kind not in ("sum", "lse"):
-          continue
+      terms = zip(ps.terms(b), ps.kinds, st, ex, ct, strict=True)
+      for (v, msk), kind, value, extra, g in terms:
         g = _slice_rows(g, i0, ba)[:, None]
-        if kind == "lse":
+        vs = jax.lax.stop_gradient(v)
+        if kind == "lse":  # softmax weights
           value = _slice_rows(value, i0, ba)[:, None]
-          vs = jax.lax.stop_gradient(v)
           g = g * jnp.where(msk, jnp.exp(jnp.where(msk, vs - value, 0.0)), 0.0)
+        elif kind in ("max", "min"):  # shared by the entries that attain it
+          value = _slice_rows(value, i0, ba)[:, None]
+          ties = jnp.maximum(_slice_rows(extra, i0, ba), 1.0)[:, None]
+          g = jnp.where(vs == value, g / ties, 0.0)
         total = total + jnp.sum(jnp.where(msk, g * v, 0.0))
       offset += len(ps.kinds)
     return total
 
-  return jax.grad(objective, argnums=(0, 1, 2, 3))(s, params, blk.a_aux, blk.c_aux)
+  def grads(which):
+    return jax.grad(objective, argnums=(0, 1, 2, 3))(
+      s, params, blk.a_aux, blk.c_aux, which
+    )
+
+  passes = range(len(cfg.passes))
+  if active is None:
+    return grads(tuple(passes))
+  always = tuple(k for k in passes if not _skippable(cfg, cfg.passes[k]))
+  total = grads(always)
+  zeros = jax.tree.map(jnp.zeros_like, total)
+  for k in passes:
+    if k not in always:  # only where the block may hold a positive pair
+      part = jax.lax.cond(active, lambda k=k: grads((k,)), lambda: zeros)
+      total = jax.tree.map(jnp.add, total, part)
+  return total
 
 
-def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
+def _grads_over_shard(
+  cfg, anc: _Anchors, sh: _Shard, params, consts, stats, extras, cts, ctx
+):
   """One backward sweep: d(a, a_aux, params) and d(shard c, shard c_aux)."""
   if cfg.symmetric:
-    return _grads_symmetric(cfg, anc, sh, params, consts, stats, cts)
+    return _grads_symmetric(cfg, anc, sh, params, consts, stats, extras, cts, ctx)
   ba, bc = cfg.block_a, cfg.block_c
   na, mc = anc.a.shape[0], sh.c.shape[0]
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -487,7 +557,10 @@ def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts
       c_blk = jax.lax.dynamic_slice_in_dim(sh.c, j0, bc, 0)
       blk = _block(cfg, anc, sh, i0, j0, params, consts, ())
       s, sim_vjp = jax.vjp(cfg.sim_fn, a_blk, c_blk)
-      ds, g_prm, g_a_aux, g_c_aux = _block_grads(cfg, stats, cts, blk, s, params, i0)
+      active = _may_share_label(ctx, i, j) if cfg.sorted_labels else None
+      ds, g_prm, g_a_aux, g_c_aux = _block_grads(
+        cfg, stats, extras, cts, blk, s, params, i0, active
+      )
       g_a, g_c = sim_vjp(ds)
       inner = (
         da + g_a,
@@ -519,7 +592,9 @@ def _grads_over_shard(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts
   return da, da_aux, dprm, dc, dc_aux
 
 
-def _grads_symmetric(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts):
+def _grads_symmetric(
+  cfg, anc: _Anchors, sh: _Shard, params, consts, stats, extras, cts, ctx
+):
   """``_grads_over_shard`` for symmetric sweeps (see ``_pass_symmetric``): the
   gradient of block (I, J) and of its transpose go through one product pair. All of
   the embeddings' gradient is returned as the anchors'."""
@@ -543,11 +618,14 @@ def _grads_symmetric(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts)
       jax.lax.dynamic_slice_in_dim(anc.a, i0, b, 0),
       jax.lax.dynamic_slice_in_dim(sh.c, j0, b, 0),
     )
+    active = _may_share_label(ctx, ij[0], ij[1]) if cfg.sorted_labels else None
     blk = _block(cfg, anc, sh, i0, j0, params, consts, ())
-    ds, g_prm, g_a_aux, g_c_aux = _block_grads(cfg, stats, cts, blk, s, params, i0)
+    ds, g_prm, g_a_aux, g_c_aux = _block_grads(
+      cfg, stats, extras, cts, blk, s, params, i0, active
+    )
     blk = _block(cfg, anc, sh, j0, i0, params, consts, ())
     ds_t, g_prm_t, g_a_aux_t, g_c_aux_t = _block_grads(
-      cfg, stats, cts, blk, s.T, params, j0
+      cfg, stats, extras, cts, blk, s.T, params, j0, active
     )
     g_i, g_j = sim_vjp(ds + off_diagonal * ds_t.T)
     de = add(add(de, g_i, i0), g_j, j0)
@@ -576,6 +654,7 @@ def _grads_symmetric(cfg, anc: _Anchors, sh: _Shard, params, consts, stats, cts)
 
 def _backward(cfg: _Config, res, cts):
   a, c, params, a_aux, c_aux, ctx, stats, jacs = res
+  extras = jacs  # per statistic: jacobian ('sum', 'lse') or number of ties
   cts = [list(ct) for ct in cts]
   # Earlier passes feed later ones per anchor: push the cotangents back through the
   # jacobians taken in the forward sweep (last pass first).
@@ -586,7 +665,7 @@ def _backward(cfg: _Config, res, cts):
     if not ps.prev_grad:
       continue
     for q, jac in enumerate(jacs[k]):
-      if jac is None:
+      if ps.kinds[q] not in ("sum", "lse"):
         continue
       for col, flat in enumerate(ps.prev_grad):
         owner = int(np.searchsorted(starts, flat, side="right") - 1)
@@ -599,7 +678,7 @@ def _backward(cfg: _Config, res, cts):
   if not cfg.ring:
     sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, None, m_pad)
     da, da_aux, dprm, dc, dc_aux = _grads_over_shard(
-      cfg, anc, sh, params, consts, stats, cts
+      cfg, anc, sh, params, consts, stats, extras, cts, ctx
     )
   else:
     size = jax.lax.axis_size(cfg.axis_name)
@@ -607,14 +686,14 @@ def _backward(cfg: _Config, res, cts):
     perm = _ring_perm(size)
     sh = _shard_at(cfg, ctx, c, ctx["c_labels"], c_aux, me, m_pad)
     da, da_aux, dprm, dc, dc_aux = _grads_over_shard(
-      cfg, anc, sh, params, consts, stats, cts
+      cfg, anc, sh, params, consts, stats, extras, cts, ctx
     )
 
     def step(carry, w):
       da, da_aux, dprm, travel, dtravel = carry
       travel, dtravel = jax.lax.ppermute((travel, dtravel), cfg.axis_name, perm)
       sh = _shard_at(cfg, ctx, *travel, (me - w) % size, m_pad)
-      g = _grads_over_shard(cfg, anc, sh, params, consts, stats, cts)
+      g = _grads_over_shard(cfg, anc, sh, params, consts, stats, extras, cts, ctx)
       da = da + g[0]
       da_aux = jax.tree.map(jnp.add, da_aux, g[1])
       dprm = jax.tree.map(jnp.add, dprm, g[2])
@@ -684,6 +763,7 @@ def blockwise_reduce(
   ring: bool = False,
   block_size: BlockSize = DEFAULT_BLOCK_SIZE,
   symmetric: bool = False,
+  labels_sorted: bool = False,
 ) -> tuple[tuple[jax.Array, ...], ...]:
   """Per-anchor statistics of every pass, computed block by block.
 
@@ -715,6 +795,10 @@ def blockwise_reduce(
     symmetric: ``sim_fn(c, a) == sim_fn(a, c).T`` (true of every named similarity
       and distance). With ``self_pairs``, square blocks and no ``axis_name``, each
       product of blocks (I, J) then also serves (J, I): half the products.
+    labels_sorted: ``labels`` and ``ref_labels`` are sorted [n] / [m] integers and
+      positives are label equality (no ``positive_mask``, ``label_comparison`` or
+      ``axis_name``): a pass with ``positive_only`` then skips the pairs of blocks
+      that share no label.
 
   Returns:
     For every pass, a tuple of [n] statistics (in the order of ``kinds``).
@@ -740,6 +824,13 @@ def blockwise_reduce(
   def rows(x):
     return None if x is None else _pad_rows(x, na, False)
 
+  sorted_labels = bool(
+    labels_sorted
+    and positive_mask is None
+    and label_comparison is None
+    and axis_name is None
+    and labels.ndim == 1
+  )
   ctx = dict(
     a_labels=_pad_rows(labels, na, -1),
     c_labels=_pad_rows(ref_labels, mp, -1),
@@ -748,6 +839,9 @@ def blockwise_reduce(
     a_base=a_base,
     consts=consts,
   )
+  if sorted_labels:
+    ctx["a_ranges"] = _label_ranges(ctx["a_labels"], n, ba)
+    ctx["c_ranges"] = _label_ranges(ctx["c_labels"], m, bc)
   cfg = _Config(
     tuple(passes),
     sim_fn,
@@ -760,6 +854,7 @@ def blockwise_reduce(
     axis_name,
     ring,
     symmetric=symmetric and self_pairs and axis_name is None and ba == bc,
+    sorted_labels=sorted_labels,
   )
   stats = _make_engine(cfg)(
     _pad_rows(anchors, na, 0),
@@ -870,6 +965,34 @@ def _run(
   block_size,
   **kwargs,
 ):
+  sortable = (
+    any(ps.positive_only for ps in passes)
+    and axis_name is None
+    and label_comparison is None
+    and inp.positive_mask is None
+    and inp.mask is None
+    and not kwargs.get("anchor_aux")
+    and not kwargs.get("candidate_aux")
+  )
+  if sortable:
+    # Sort both sides by label: the positives of a block of anchors then lie in a few
+    # blocks of candidates, and passes over positives skip the other blocks.
+    order = jnp.argsort(inp.labels, stable=True)
+    c_order = order if inp.self_pairs else jnp.argsort(inp.ref_labels, stable=True)
+    stats = blockwise_reduce(
+      passes,
+      sim_fn,
+      inp.anchors[order],
+      inp.candidates[c_order],
+      inp.labels[order],
+      inp.ref_labels[c_order],
+      self_pairs=inp.self_pairs,
+      block_size=block_size,
+      symmetric=sim_fn in _SYMMETRIC,
+      labels_sorted=True,
+      **kwargs,
+    )
+    return jax.tree.map(lambda x: jnp.zeros_like(x).at[order].set(x), stats)
   return blockwise_reduce(
     passes,
     sim_fn,
@@ -944,7 +1067,7 @@ def _ntxent_passes(similarity) -> tuple[Pass, ...]:
 
   return (
     Pass(negatives, ("lse", "sum")),
-    Pass(positives, ("sum", "sum"), prev_grad=(0,)),
+    Pass(positives, ("sum", "sum"), prev_grad=(0,), positive_only=True),
   )
 
 
@@ -1987,14 +2110,6 @@ def _hardest_terms(b: Block):
   return [(b.s, b.positive), (b.s, b.negative)]
 
 
-def _hard_pair_terms(b: Block):
-  hardest_pos, hardest_neg = b.prev
-  # Ties share the gradient equally, as jnp.max's derivative does.
-  pos = b.positive & (b.s == hardest_pos[:, None])
-  neg = b.negative & (b.s == hardest_neg[:, None])
-  return [(b.s, pos), (_ones(b), pos), (b.s, neg), (_ones(b), neg)]
-
-
 @_doc
 def batch_hard_triplet_loss(
   embeddings: jax.Array,
@@ -2021,8 +2136,8 @@ def batch_hard_triplet_loss(
   .. math::
     \ell_a = \max\Big(0,\; m + \max_{p \in P_a} D_{ap} - \min_{n \in N_a} D_{an}\Big)
 
-  Two sweeps: the hardest distances, then the pairs that attain them (which carry
-  the gradient).
+  One sweep with a running maximum and minimum; the gradient goes to the pairs that
+  attain them (shared among ties, as in the dense form).
 
   Args:
     {ARGS}
@@ -2057,22 +2172,20 @@ def batch_hard_triplet_loss(
     axis_name,
     ring,
   )
-  _, (pos_sum, n_pos, neg_sum, n_neg) = _run(
+  ((hardest_pos, hardest_neg),) = _run(
     inp,
-    (
-      Pass(_hardest_terms, ("max", "min")),
-      Pass(_hard_pair_terms, ("sum", "sum", "sum", "sum")),
-    ),
+    (Pass(_hardest_terms, ("max", "min")),),
     triplet.distance_fn(distance, squared),
     label_comparison=label_comparison,
     axis_name=axis_name,
     ring=ring,
     block_size=block_size,
   )
+  valid = jnp.isfinite(hardest_pos) & jnp.isfinite(hardest_neg)
   loss = triplet.triplet_formula(
-    _mean(pos_sum, n_pos), _mean(neg_sum, n_neg), margin, soft
+    jnp.where(valid, hardest_pos, 0.0), jnp.where(valid, hardest_neg, 0.0), margin, soft
   )
-  return jnp.where(_active(n_pos, n_neg), loss, 0.0)
+  return jnp.where(valid, loss, 0.0)
 
 
 @_doc
