@@ -15,6 +15,7 @@ Batch-form losses take ``(embeddings [n, d], labels [n], *, ...)`` and return on
 per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`.
 """
 
+from metriclearn.losses import blockwise
 from metriclearn.losses.pair import (
   CONTRASTIVE_VARIANTS,
   contrastive_loss,
@@ -73,6 +74,7 @@ __all__ = [
   "batch_all_triplet_loss",
   "batch_contrastive_loss",
   "batch_hard_triplet_loss",
+  "blockwise",
   "circle_loss",
   "contrastive_loss",
   "contrastive_pair_losses",
