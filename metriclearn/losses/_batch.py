@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metriclearn import _checks, masks
+from metriclearn import _checks, distances, masks
 
 
 class Batch(NamedTuple):
@@ -112,3 +112,9 @@ def prepare(
     mask = _checks.check_mask(mask, (n, m), "mask")
     pos, neg = pos & mask, neg & mask
   return Batch(embeddings, candidates, pos, neg, labels, cand_labels, self_offset)
+
+
+def similarity_matrix(batch: Batch, similarity) -> jax.Array:
+  """[n, m] similarities of the anchors to the candidates: 'cosine', 'dot' or a
+  callable ``(a, b) -> [n, m]``."""
+  return distances.get_pairwise_similarity(similarity)(batch.anchors, batch.candidates)

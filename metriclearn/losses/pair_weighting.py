@@ -59,10 +59,6 @@ def _batch_distance(batch: _batch.Batch, distance) -> jax.Array:
   return distances.get_pairwise_distance(distance)(batch.anchors, batch.candidates)
 
 
-def _batch_similarity(batch: _batch.Batch, similarity) -> jax.Array:
-  return distances.get_pairwise_similarity(similarity)(batch.anchors, batch.candidates)
-
-
 # ----------------------------------------------------------------------------------
 # Contrastive over all pairs
 
@@ -294,7 +290,7 @@ def multi_similarity_loss(
     axis_name=axis_name,
   )
   return multi_similarity_from_similarity(
-    _batch_similarity(batch, similarity),
+    _batch.similarity_matrix(batch, similarity),
     batch.positive,
     batch.negative,
     alpha=alpha,
@@ -399,7 +395,7 @@ def circle_loss(
     axis_name=axis_name,
   )
   return circle_from_similarity(
-    _batch_similarity(batch, similarity),
+    _batch.similarity_matrix(batch, similarity),
     batch.positive,
     batch.negative,
     margin=margin,

@@ -125,10 +125,6 @@ def _scalar(value: Any, name: str, dtype, *, positive: bool = False) -> jax.Arra
   return x.astype(dtype)
 
 
-def _similarity(batch: _batch.Batch, similarity) -> jax.Array:
-  return distances.get_pairwise_similarity(similarity)(batch.anchors, batch.candidates)
-
-
 # ----------------------------------------------------------------------------------
 # Losses.
 
@@ -202,7 +198,7 @@ def ntxent_loss(
     mask=mask,
     axis_name=axis_name,
   )
-  sim = _similarity(batch, similarity)
+  sim = _batch.similarity_matrix(batch, similarity)
   tau = _scalar(temperature, "temperature", sim.dtype, positive=True)
   return ntxent_from_logits(sim / tau, batch.positive, batch.negative)
 
@@ -273,7 +269,7 @@ def supcon_loss(
     mask=mask,
     axis_name=axis_name,
   )
-  sim = _similarity(batch, similarity)
+  sim = _batch.similarity_matrix(batch, similarity)
   tau = _scalar(temperature, "temperature", sim.dtype, positive=True)
   return supcon_from_logits(sim / tau, batch.positive, batch.negative)
 
@@ -413,7 +409,7 @@ def sigmoid_pairwise_loss(
     mask=mask,
     axis_name=axis_name,
   )
-  sim = _similarity(batch, similarity)
+  sim = _batch.similarity_matrix(batch, similarity)
   t = _scalar(scale, "scale", sim.dtype, positive=True)
   b = _scalar(bias, "bias", sim.dtype)
   return sigmoid_pairwise_from_logits(t * sim + b, batch.positive, batch.negative)
@@ -547,7 +543,7 @@ def npair_loss(
     by_labels=positive_mask is None,
     axis_name=axis_name,
   )
-  sim = _similarity(batch, similarity)
+  sim = _batch.similarity_matrix(batch, similarity)
   loss = ntxent_from_logits(sim, pair_pos, pair_neg)
   if l2_reg:
     sq_anchor = jnp.sum(jnp.square(batch.anchors), axis=1)
