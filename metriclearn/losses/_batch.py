@@ -39,6 +39,45 @@ def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
 
 
+def check_inputs(
+  embeddings: jax.Array,
+  labels: jax.Array,
+  ref_embeddings: jax.Array | None,
+  ref_labels: jax.Array | None,
+  label_comparison: masks.LabelComparison | None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The batch-form argument checks alone: (anchors, labels, candidates, candidate
+  labels), the candidates being the anchors themselves when no reference is given."""
+  embeddings = _checks.as_float(embeddings, "embeddings")
+  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
+  n, d = embeddings.shape
+  labels = jnp.asarray(labels)
+  if label_comparison is None:
+    labels = _checks.check_labels(labels, n, "labels")
+  elif labels.shape[:1] != (n,):
+    raise ValueError(
+      f"labels must have leading dimension {n} to match embeddings, got "
+      f"{tuple(labels.shape)}."
+    )
+  if (ref_embeddings is None) != (ref_labels is None):
+    raise ValueError("ref_embeddings and ref_labels must be given together.")
+  if ref_embeddings is None:
+    candidates, cand_labels = embeddings, labels
+  else:
+    candidates = _checks.as_float(ref_embeddings, "ref_embeddings")
+    _checks.check_rank(candidates, 2, "ref_embeddings", "[m, d]")
+    if candidates.shape[1] != d:
+      raise ValueError(
+        f"ref_embeddings must have embedding size {d} like embeddings, got "
+        f"{tuple(candidates.shape)}."
+      )
+    cand_labels = jnp.asarray(ref_labels)
+    if label_comparison is None:
+      cand_labels = _checks.check_labels(cand_labels, candidates.shape[0], "ref_labels")
+    embeddings, candidates = _checks.common_float(embeddings, candidates)
+  return embeddings, labels, candidates, cand_labels
+
+
 def prepare(
   embeddings: jax.Array,
   labels: jax.Array,
@@ -64,35 +103,11 @@ def prepare(
     mask: optional [n, m] bool, e.g. a miner's output: pairs outside it take no part.
     axis_name: gather candidates from every device of this mapped axis.
   """
-  embeddings = _checks.as_float(embeddings, "embeddings")
-  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
-  n, d = embeddings.shape
-  labels = jnp.asarray(labels)
-  if label_comparison is None:
-    labels = _checks.check_labels(labels, n, "labels")
-  elif labels.shape[:1] != (n,):
-    raise ValueError(
-      f"labels must have leading dimension {n} to match embeddings, got "
-      f"{tuple(labels.shape)}."
-    )
-  if (ref_embeddings is None) != (ref_labels is None):
-    raise ValueError("ref_embeddings and ref_labels must be given together.")
-  if ref_embeddings is None:
-    candidates, cand_labels = embeddings, labels
-    self_offset = 0
-  else:
-    candidates = _checks.as_float(ref_embeddings, "ref_embeddings")
-    _checks.check_rank(candidates, 2, "ref_embeddings", "[m, d]")
-    if candidates.shape[1] != d:
-      raise ValueError(
-        f"ref_embeddings must have embedding size {d} like embeddings, got "
-        f"{tuple(candidates.shape)}."
-      )
-    cand_labels = jnp.asarray(ref_labels)
-    if label_comparison is None:
-      cand_labels = _checks.check_labels(cand_labels, candidates.shape[0], "ref_labels")
-    self_offset = None
-    embeddings, candidates = _checks.common_float(embeddings, candidates)
+  embeddings, labels, candidates, cand_labels = check_inputs(
+    embeddings, labels, ref_embeddings, ref_labels, label_comparison
+  )
+  n = embeddings.shape[0]
+  self_offset = 0 if ref_embeddings is None else None
   if axis_name is not None:
     candidates = gather(candidates, axis_name)
     cand_labels = gather(cand_labels, axis_name)

@@ -892,36 +892,12 @@ def _resolve(
   axis_name,
   ring,
 ) -> _Inputs:
-  embeddings = _checks.as_float(embeddings, "embeddings")
-  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
-  n, d = embeddings.shape
-  labels = jnp.asarray(labels)
-  if label_comparison is None:
-    labels = _checks.check_labels(labels, n, "labels")
-  elif labels.shape[:1] != (n,):
-    raise ValueError(
-      f"labels must have leading dimension {n} to match embeddings, got "
-      f"{tuple(labels.shape)}."
-    )
-  if (ref_embeddings is None) != (ref_labels is None):
-    raise ValueError("ref_embeddings and ref_labels must be given together.")
+  embeddings, labels, candidates, ref_labels = _batch.check_inputs(
+    embeddings, labels, ref_embeddings, ref_labels, label_comparison
+  )
   if ring and axis_name is None:
     raise ValueError("ring=True passes candidates between devices: give axis_name.")
-  if ref_embeddings is None:
-    candidates, ref_labels, self_pairs = embeddings, labels, True
-  else:
-    candidates = _checks.as_float(ref_embeddings, "ref_embeddings")
-    _checks.check_rank(candidates, 2, "ref_embeddings", "[m, d]")
-    if candidates.shape[1] != d:
-      raise ValueError(
-        f"ref_embeddings must have embedding size {d} like embeddings, got "
-        f"{tuple(candidates.shape)}."
-      )
-    ref_labels = jnp.asarray(ref_labels)
-    if label_comparison is None:
-      ref_labels = _checks.check_labels(ref_labels, candidates.shape[0], "ref_labels")
-    embeddings, candidates = _checks.common_float(embeddings, candidates)
-    self_pairs = False
+  n, self_pairs = embeddings.shape[0], ref_embeddings is None
   m = candidates.shape[0]
   if axis_name is not None:
     m *= jax.lax.axis_size(axis_name)
