@@ -36,7 +36,7 @@ def training_curves(history: list[dict], path) -> pathlib.Path:
     pts = [(h["step"], h[key]) for h in evals if key in h]
     ax_eval.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key[5:])
   ax_eval.set(xlabel="step", ylabel="held-out metric", title="held-out classes")
-  if evals:
+  if ax_eval.lines:
     ax_eval.legend(fontsize=8)
   return _save(fig, path)
 
@@ -90,4 +90,43 @@ def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, path) -> pathlib.Pa
     xlabel="false accept rate", ylabel="true accept rate", title="verification ROC"
   )
   ax.legend(loc="lower right")
+  return _save(fig, path)
+
+
+def accuracy_bars(
+  labels: list[str], values: list[float], points: list[list[float]], path, *, highlight
+) -> pathlib.Path:
+  """Horizontal bars of accuracy (in %), one per method; dots: per-seed values."""
+  fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(labels) + 1.2))
+  y = np.arange(len(labels))[::-1]
+  colors = ["tab:orange" if highlight in lab else "tab:gray" for lab in labels]
+  ax.barh(y, 100 * np.asarray(values), color=colors, alpha=0.8)
+  for yi, pts in zip(y, points, strict=True):
+    ax.plot(100 * np.asarray(pts), [yi] * len(pts), "k.", ms=5)
+  for yi, v, pts in zip(y, values, points, strict=True):
+    right = 100 * max([v, *pts])
+    ax.text(right + 0.4, yi, f"{100 * v:.1f}", va="center", fontsize=8)
+  lo = max(0.0, 100 * min(values) - 10)
+  ax.set(yticks=y, yticklabels=labels, xlim=(lo, 100), xlabel="accuracy, %")
+  ax.tick_params(axis="y", labelsize=8)
+  ax.set_title("Omniglot 20-way one-shot, official runs", fontsize=10)
+  return _save(fig, path)
+
+
+def grouped_bars(
+  values: dict[str, dict[str, list[float]]], path, *, ylabel: str
+) -> pathlib.Path:
+  """One group of bars per dataset, one bar per method (mean), dots for seeds."""
+  methods = list(dict.fromkeys(m for d in values.values() for m in d))
+  fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.8))
+  axes = np.atleast_1d(axes)
+  for ax, (dataset, by_method) in zip(axes, values.items(), strict=True):
+    x = np.arange(len(methods))
+    means = [np.mean(by_method.get(m, [np.nan])) for m in methods]
+    ax.bar(x, means, color="tab:blue", alpha=0.75)
+    for xi, m in zip(x, methods, strict=True):
+      pts = by_method.get(m, [])
+      ax.plot([xi] * len(pts), pts, "k.", ms=4)
+    ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=dataset)
   return _save(fig, path)

@@ -115,9 +115,10 @@ def make_batches(config: dict, train: data.ImageDataset, spec: registry.LossSpec
   """An endless, seeded iterator of (augmented) training batches."""
   seed = config["seed"]
   if spec.sampler == "pair":
+    # batch_size counts images: B/2 pairs, so every loss encodes B images a step
     sampler = data.pair_batches(
       train,
-      config["batch_size"],
+      config["batch_size"] // 2,
       similar_fraction=0.5,
       same_group=config.get("same_alphabet", False),
       seed=seed,
@@ -125,7 +126,13 @@ def make_batches(config: dict, train: data.ImageDataset, spec: registry.LossSpec
     keys = ("x1", "x2")
   else:
     k = config["samples_per_class"]
-    sampler = data.balanced_batches(train, config["batch_size"] // k, k, seed=seed)
+    sampler = data.balanced_batches(
+      train,
+      config["batch_size"] // k,
+      k,
+      seed=seed,
+      by_group=config.get("batch_by_group", False),
+    )
     keys = ("image",)
   # proxy losses index classes 0..C-1: map the training labels onto that range
   classes = np.unique(train.labels)
@@ -163,7 +170,7 @@ def make_model(config: dict):
       hidden=tuple(config.get("hidden", (256, 256))), batch_norm=True
     )
   elif name == "conv4":
-    backbone = models.ConvEncoder()
+    backbone = models.ConvEncoder(filters=config.get("filters", 64))
   elif name == "koch":
     backbone = models.KochTower(padding="SAME", hidden=config.get("hidden", 1024))
   elif name == "resnet":
@@ -176,14 +183,29 @@ def make_model(config: dict):
 # ------------------------------------------------------------------ evaluation
 
 
-def _one_shot_episodes(emb, labels, *, ways, episodes, seed):
-  """N-way one-shot accuracy over random episodes of held-out classes (1 query each)."""
+def _one_shot_episodes(emb, labels, *, ways, episodes, seed, groups=None):
+  """N-way one-shot accuracy over random episodes of held-out classes (1 query each).
+
+  With ``groups`` (Omniglot: alphabets) every episode's classes come from one group, as
+  in Lake et al.'s within-alphabet runs; otherwise from all held-out classes. Classes
+  with fewer than two images (possible after ``max_test``) take no part."""
   rng = np.random.default_rng(seed)
-  classes = np.unique(labels)
+  classes, counts = np.unique(labels, return_counts=True)
+  classes = classes[counts >= 2]
+  pools = [classes]
+  if groups is not None:
+    group_of = {c: groups[np.flatnonzero(labels == c)[0]] for c in classes}
+    pools = [
+      pool
+      for g in np.unique(groups)
+      if len(pool := np.array([c for c in classes if group_of[c] == g])) >= ways
+    ]
+    if not pools:
+      raise ValueError(f"no group of the held-out set has {ways} classes.")
   ways = min(ways, len(classes))
   correct = 0
   for _ in range(episodes):
-    chosen = rng.choice(classes, ways, replace=False)
+    chosen = rng.choice(pools[rng.integers(len(pools))], ways, replace=False)
     support, queries = [], []
     for c in chosen:
       i, j = rng.choice(np.flatnonzero(labels == c), 2, replace=False)
@@ -238,14 +260,12 @@ def evaluate(
   labels = test.labels
   out = evaluation.retrieval_metrics(emb, labels, recall_ks=(1, 2, 4, 8))
   metrics = {k: out[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
-  acc, ways = _one_shot_episodes(
-    emb,
-    labels,
-    ways=config.get("ways", 20),
-    episodes=config.get("episodes", 200),
-    seed=0,
-  )
+  episodes = dict(ways=config.get("ways", 20), episodes=config.get("episodes", 200))
+  acc, ways = _one_shot_episodes(emb, labels, **episodes, seed=0)
   metrics[f"{ways}way_one_shot"] = acc
+  if test.groups is not None and config["dataset"] == "omniglot":
+    acc, ways = _one_shot_episodes(emb, labels, groups=test.groups, **episodes, seed=0)
+    metrics[f"{ways}way_within_alphabet"] = acc
   if runs is not None:
     tr = training.embed(
       eval_step,

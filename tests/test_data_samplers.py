@@ -44,8 +44,9 @@ def test_balanced_batches_are_p_by_k(ds, draw):
   p = draw.draw(st.integers(1, ds.num_classes))
   k = draw.draw(st.integers(1, 5))
   seed = draw.draw(st.integers(0, 2**31))
-  batches = _take(data.balanced_batches(ds, p, k, seed=seed))
-  again = _take(data.balanced_batches(ds, p, k, seed=seed))
+  by_group = draw.draw(st.booleans())
+  batches = _take(data.balanced_batches(ds, p, k, seed=seed, by_group=by_group))
+  again = _take(data.balanced_batches(ds, p, k, seed=seed, by_group=by_group))
   count = dict(zip(*np.unique(ds.labels, return_counts=True), strict=True))
   for batch, repeat in zip(batches, again, strict=True):
     assert batch["image"].shape == (p * k, 1, 1, 1)
@@ -61,6 +62,28 @@ def test_balanced_batches_are_p_by_k(ds, draw):
       assert np.unique(row).size == min(n, k)
     for key in batch:  # the same seed gives the same batches
       np.testing.assert_array_equal(batch[key], repeat[key])
+
+
+@pytest.mark.parametrize("p, max_groups", [(1, 1), (5, 1), (6, 2), (10, 2), (11, 3)])
+def test_balanced_batches_by_group_use_few_groups(p, max_groups):
+  # 4 groups of 5 classes (3 images each): P <= 5 fits in the first group taken,
+  # 5 < P <= 10 in two, 10 < P <= 15 in three.
+  labels = np.repeat(np.arange(20), 3)
+  ds = data.ImageDataset(np.zeros((60, 1, 1, 1), np.uint8), labels, labels // 5)
+  seen = set()
+  for batch in _take(data.balanced_batches(ds, p, 2, seed=3, by_group=True), 20):
+    groups = np.unique(batch["label"] // 5)
+    assert groups.size <= max_groups
+    seen.update(groups.tolist())
+  assert seen == {0, 1, 2, 3}  # every group is drawn in its turn
+  plain = _take(data.balanced_batches(ds, 5, 2, seed=3), 20)
+  assert max(np.unique(b["label"] // 5).size for b in plain) > 1
+
+
+def test_balanced_batches_by_group_needs_groups():
+  ds = data.ImageDataset(np.zeros((4, 1, 1, 1), np.uint8), np.array([0, 0, 1, 1]))
+  with pytest.raises(ValueError, match="by_group=True needs a dataset with groups"):
+    data.balanced_batches(ds, 2, 2, seed=0, by_group=True)
 
 
 @given(datasets(min_classes=3), st.data())

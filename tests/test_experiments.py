@@ -62,3 +62,109 @@ def test_quickstart_notebook_runs_end_to_end():
   ).execute()
   text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
   assert "map_at_r" in text and "trained" in text
+
+
+import numpy as np  # noqa: E402
+import report  # noqa: E402
+import sweep  # noqa: E402
+
+
+def test_one_shot_episodes_within_a_group():
+  # Group 0: classes 0, 1 far apart. Group 1: classes 2, 3 with all four images at one
+  # point, so a tie that argmin breaks to the first support: half the queries wrong.
+  # Class 4 (group 2) is alone in its group and class 5 has one image: neither can be
+  # in a 2-way within-group episode. Within a group: episodes of group 0 score 1, of
+  # group 1 score 1/2, so the mean tends to 3/4. Across groups, only the episode
+  # {2, 3} (1 of the 10 pairs of classes 0-4) scores 1/2: mean tends to 0.95.
+  emb = np.array(
+    [[0, 0], [0, 0], [9, 0], [9, 0], [5, 5], [5, 5], [5, 5], [5, 5]]
+    + [[0, 9], [0, 9], [3, 3]],
+    np.float32,
+  )
+  labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
+  groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
+  within, ways = train._one_shot_episodes(
+    emb, labels, ways=2, episodes=2000, seed=0, groups=groups
+  )
+  across, _ = train._one_shot_episodes(emb, labels, ways=2, episodes=2000, seed=0)
+  assert ways == 2
+  assert abs(within - 0.75) < 0.02 and abs(across - 0.95) < 0.02
+  with pytest.raises(ValueError, match="no group of the held-out set has 3 classes"):
+    train._one_shot_episodes(emb, labels, ways=3, episodes=1, seed=0, groups=groups)
+
+
+def _fake_run(folder, name, config, metrics):
+  run = folder / name
+  (run / "figures").mkdir(parents=True)
+  for png in ("training_curves", "embedding_map", "distance_histograms", "roc"):
+    (run / "figures" / f"{png}.png").write_bytes(b"png")
+  machine = {"devices": "cpu:0", "backend": "cpu", "cpu": "x", "cores": 2, "jax": "0"}
+  result = {"metrics": metrics, "config": config, "machine": machine}
+  result["wall_time_s"] = 10.0
+  (run / "metrics.json").write_text(json.dumps(result))
+
+
+def test_sweep_summary_is_mean_and_sample_std(tmp_path):
+  assert sweep.grid_points(["a=1,2", "b=x"]) == [
+    {"a": "1", "b": "x"},
+    {"a": "2", "b": "x"},
+  ]
+  for seed, p1 in [(0, 0.4), (1, 0.6), (2, 0.8)]:
+    config = {"seed": seed}
+    _fake_run(tmp_path, f"loss=a_s{seed}", config, {"precision_at_1": p1})
+  table, rows = sweep.summarize(tmp_path, [{"loss": "a"}], [0, 1, 2])
+  # mean 0.6; sample std sqrt((0.2^2 + 0 + 0.2^2) / 2) = 0.2
+  assert "| a | 3 | 0.6000 ± 0.2000 | 10 |" in table
+  assert rows[0]["seeds"] == [0, 1, 2]
+
+
+def test_sweep_runs_resumes_and_tabulates(tmp_path, capsys):
+  args = ["--config", str(ROOT / "experiments" / "configs" / "digits.py")]
+  args += ["--seeds", "0", "--grid", "loss=supcon", "--out", str(tmp_path)]
+  args += ["--set", "steps=4", "--set", "eval_every=4", "--set", "episodes=5"]
+  sweep.main(args)
+  saved = json.loads((tmp_path / "loss=supcon_s0" / "metrics.json").read_text())
+  assert saved["config"]["steps"] == 4 and saved["config"]["loss"] == "supcon"
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary[0]["mean"]["map_at_r"] == saved["metrics"]["map_at_r"]
+  sweep.main(args)  # the finished run is not run again
+  assert "loss=supcon_s0: done before" in capsys.readouterr().out
+
+
+def test_report_tables_from_runs(tmp_path):
+  runs = tmp_path / "runs"
+  base = {"dataset": "mnist", "image_size": 28, "embedding_dim": 64, "steps": 10}
+  base.update(batch_size=120, samples_per_class=24, learning_rate=1e-3, max_test=50)
+  for loss, values in [("contrastive", (0.4, 0.6)), ("supcon", (0.7, 0.7))]:
+    for seed, v in enumerate(values):
+      metrics = dict.fromkeys(["map_at_r", "r_precision", "precision_at_1"], v)
+      metrics["5way_one_shot"] = v
+      _fake_run(runs, f"{loss}_s{seed}", {**base, "loss": loss, "seed": seed}, metrics)
+  out = tmp_path / "results" / "comparison.md"
+  out.parent.mkdir()
+  out.write_text(f"# kept\n\n{report.BEGIN}\nold\n{report.END}\ntail\n")
+  report.main(["compare", str(runs), "--out", str(out)])
+  text = out.read_text()
+  assert text.startswith("# kept") and text.endswith("tail\n") and "\nold\n" not in text
+  # contrastive: mean 0.5, sample std sqrt(2 * 0.1^2 / 1) = 0.141; supcon best, bold
+  assert "| contrastive | pair | 2 | 0.500 ± 0.141 |" in text
+  assert "| supcon | batch | 2 | **0.700 ± 0.000** |" in text
+  assert (out.parent / "comparison" / "map_at_r.png").stat().st_size > 1000
+
+
+def test_report_puts_official_accuracy_beside_lake(tmp_path):
+  runs = tmp_path / "runs"
+  config = {"train_split": "background", "batch_by_group": False, "image_size": 28}
+  keys = ["precision_at_1", "r_precision", "map_at_r", "20way_one_shot"]
+  keys += ["20way_within_alphabet", "nmi", "roc_auc"]
+  for seed, acc in enumerate([0.93, 0.95]):
+    metrics = {**dict.fromkeys(keys, 0.5), "official_20way_one_shot": acc}
+    _fake_run(runs, f"s{seed}", {**config, "seed": seed}, metrics)
+  out = tmp_path / "oneshot.md"
+  report.main(["oneshot", str(runs), "--out", str(out)])
+  text = out.read_text()
+  # 93 and 95: mean 94.0, sample std sqrt(2 * 1^2) = 1.4; above Koch's 92.0
+  assert "**94.0 ± 1.4** | 2 seeds (93.0, 95.0) |" in text
+  lines = text.splitlines()
+  ours = next(i for i, x in enumerate(lines) if "94.0 ± 1.4" in x)
+  assert lines[ours + 1].startswith("| background | deep siamese convnet")

@@ -6,6 +6,9 @@ Command:  python experiments/train.py --config experiments/configs/omniglot_ones
 Expected: official 20-way within-alphabet one-shot accuracy above Koch et al.'s 92.0%
 (Lake et al. 2015's table: deep convnet 86.5%, siamese convnet 92.0%, people 95.5%,
 BPL 96.7%; trained on small1 / small2 only: deep convnet 76.0% / 77.7%).
+Measured (3 seeds, experiments/results/omniglot_oneshot.md): 93.7 +- 0.4% on
+background; small1 75.2 +- 2.0%, small2 84.6 +- 1.8%. A run is ~1.6 ms a step on an
+H100 and ~0.5 s on a 2-core CPU (3,000 steps: about half an hour there).
 Data: ../shared/data/omniglot (or $METRICLEARN_DATA/omniglot), no download.
 """
 
@@ -16,11 +19,13 @@ def get_config() -> dict:
     train_split="background",
     image_size=28,
     model="conv4",
+    filters=64,
     embedding_dim=128,
     normalize=True,
     loss="supcon",
     batch_size=256,  # 64 characters x 4 drawings
     samples_per_class=4,
+    batch_by_group=False,  # True: a batch's characters come from few alphabets
     augment="koch",
     learning_rate=2e-3,
     weight_decay=1e-4,

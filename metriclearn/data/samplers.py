@@ -112,20 +112,27 @@ def balanced_batches(
   samples_per_class: int,
   *,
   seed: int,
+  by_group: bool = False,
 ) -> Iterator[Batch]:
   """Endless P x K batches: ``P`` distinct classes, exactly ``K`` images of each.
 
   Each batch draws ``P`` classes uniformly without replacement, then ``K`` images of
-  each class without replacement. A class with fewer than ``K`` images gives each of
-  its images once and fills the remaining places with images of that class drawn with
-  replacement, so every batch holds exactly ``P x K`` rows and ``K`` per class. Rows
-  are grouped by class (``K`` consecutive rows each).
+  each class without replacement. With ``by_group=True`` the classes come from as few
+  groups as the draw allows (Omniglot: alphabets): groups are taken in a random order
+  until they hold ``P`` classes, and the ``P`` classes are drawn among theirs, so the
+  negatives of a batch are mostly of the same group, as in a within-alphabet test.
+
+  A class with fewer than ``K`` images gives each of its images once and fills the
+  remaining places with images of that class drawn with replacement, so every batch
+  holds exactly ``P x K`` rows and ``K`` per class. Rows are grouped by class (``K``
+  consecutive rows each).
 
   Args:
     dataset: the training part (class-disjoint from evaluation).
     classes_per_batch: ``P`` (at most the number of classes).
     samples_per_class: ``K`` (>= 2 gives every anchor a positive).
     seed: the random seed.
+    by_group: draw the classes of a batch from few groups (needs ``dataset.groups``).
 
   Returns:
     An endless iterator of ``{"image", "label", "index"}`` batches.
@@ -146,11 +153,29 @@ def balanced_batches(
     raise ValueError(
       f"classes_per_batch={p} exceeds the {classes.size} classes of {dataset.name!r}."
     )
+  if by_group:
+    if dataset.groups is None:
+      raise ValueError(
+        f"by_group=True needs a dataset with groups; {dataset.name!r} has none."
+      )
+    group_of_class = dataset.groups[classes.rows[classes.start]]
+    group_ids = np.unique(group_of_class)
+    members = [np.flatnonzero(group_of_class == g) for g in group_ids]
+
+  def draw_classes(rng: np.random.Generator) -> np.ndarray:
+    if not by_group:
+      return rng.choice(classes.size, p, replace=False)
+    pool = []
+    for g in rng.permutation(len(members)):
+      pool.append(members[g])
+      if sum(map(len, pool)) >= p:
+        break
+    return rng.choice(np.concatenate(pool), p, replace=False)
 
   def batches() -> Iterator[Batch]:
     rng = np.random.default_rng(seed)
     while True:
-      chosen = rng.choice(classes.size, p, replace=False)
+      chosen = draw_classes(rng)
       rows = np.empty((p, k), np.int64)
       for i, c in enumerate(chosen):
         n = classes.count[c]

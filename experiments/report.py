@@ -1,0 +1,269 @@
+"""Writes the committed results (tables and figures) from the runs' metrics.json files.
+
+  python experiments/report.py oneshot runs/oneshot runs/oneshot_small \\
+      --out experiments/results/omniglot_oneshot.md
+  python experiments/report.py compare runs/compare \\
+      --out experiments/results/loss_comparison.md
+
+Reads every ``*/metrics.json`` under the given folders (written by
+``experiments/sweep.py``), groups the runs by their configuration (all but the seed),
+and replaces the part of ``--out`` between the GENERATED markers with the tables (mean
+± sample standard deviation over seeds, and each seed's value of the headline metric);
+the figures go into a folder named after ``--out`` beside it. The prose around the
+markers is written by hand and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import figures  # noqa: E402
+import registry  # noqa: E402
+
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+
+# Lake, Salakhutdinov & Tenenbaum, Science 2015 (and its supplement): 20-way
+# within-alphabet one-shot accuracy on the same 20 runs.
+PUBLISHED = [
+  ("background", "Bayesian program learning (BPL)", 0.967),
+  ("background", "people", 0.955),
+  ("background", "deep siamese convnet (Koch et al. 2015)", 0.920),
+  ("background", "deep convnet", 0.865),
+  ("small1", "deep convnet", 0.760),
+  ("small2", "deep convnet", 0.777),
+]
+
+
+def load_runs(folders) -> list[dict]:
+  runs = []
+  for folder in folders:
+    for path in sorted(pathlib.Path(folder).glob("*/metrics.json")):
+      result = json.loads(path.read_text())
+      result["dir"] = path.parent
+      runs.append(result)
+  if not runs:
+    raise SystemExit(f"no */metrics.json under {', '.join(map(str, folders))}")
+  return runs
+
+
+def group(runs, keys) -> dict[tuple, list[dict]]:
+  out: dict[tuple, list[dict]] = {}
+  for r in sorted(runs, key=lambda r: r["config"]["seed"]):
+    out.setdefault(tuple(r["config"].get(k) for k in keys), []).append(r)
+  return out
+
+
+def stat(runs, metric, scale=1.0) -> str:
+  v = np.array([r["metrics"][metric] for r in runs]) * scale
+  std = np.std(v, ddof=1) if len(v) > 1 else 0.0
+  digits = 1 if scale == 100 else 3
+  return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def mean(runs, metric) -> float:
+  return float(np.mean([r["metrics"][metric] for r in runs]))
+
+
+def table(head, rows) -> str:
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def machine_line(runs) -> str:
+  m = runs[0]["machine"]
+  walls = [r["wall_time_s"] for r in runs]
+  return (
+    f"Machine: {m['devices']} ({m['backend']}), {m['cpu']}, {m['cores']} cores, JAX "
+    f"{m['jax']}. Wall time per run: {min(walls):.0f}–{max(walls):.0f} s (several runs "
+    "shared the machine at a time, so these are upper bounds)."
+  )
+
+
+def copy_figures(run, folder: pathlib.Path, prefix: str, names) -> list[str]:
+  folder.mkdir(parents=True, exist_ok=True)
+  out = []
+  for name in names:
+    target = folder / f"{prefix}{name}"
+    shutil.copyfile(run["dir"] / "figures" / name, target)
+    out.append(target.name)
+  return out
+
+
+# ------------------------------------------------------------------ one-shot
+
+
+def oneshot(runs, out: pathlib.Path) -> str:
+  folder = out.with_suffix("")
+  groups = group(runs, ("train_split", "batch_by_group", "image_size"))
+  rows = [
+    [split, name, f"{100 * acc:.1f}", "Lake et al. 2015"]
+    for split, name, acc in PUBLISHED
+  ]
+  ours = {}
+  for (split, by_group, size), rs in groups.items():
+    name = f"metriclearn: Conv-4 + SupCon, {size}x{size}"
+    name += ", alphabet-grouped batches" if by_group else ""
+    seeds = ", ".join(
+      f"{100 * r['metrics']['official_20way_one_shot']:.1f}" for r in rs
+    )
+    rows.append(
+      [
+        split,
+        f"**{name}**",
+        f"**{stat(rs, 'official_20way_one_shot', 100)}**",
+        f"{len(rs)} seeds ({seeds})",
+      ]
+    )
+    ours[(split, by_group)] = rs
+  order = {"background": 0, "small1": 1, "small2": 2}
+  rows.sort(key=lambda r: (order[r[0]], -float(r[2].strip("*").split()[0])))
+  main = table(["trained on", "method", "20-way one-shot accuracy, %", "source"], rows)
+  metrics = [
+    "precision_at_1",
+    "r_precision",
+    "map_at_r",
+    "20way_one_shot",
+    "20way_within_alphabet",
+    "nmi",
+    "roc_auc",
+  ]
+  held = [
+    [split, "yes" if by_group else "no", *[stat(rs, m) for m in metrics]]
+    for (split, by_group), rs in ours.items()
+  ]
+  held_table = table(["trained on", "grouped", *metrics], held)
+  # the figure: ours (each seed a dot) beside the published numbers
+  labels, values, points = [], [], []
+  for split, name, acc in PUBLISHED:
+    labels.append(f"{name} [{split}]")
+    values.append(acc)
+    points.append([])
+  for (split, by_group), rs in ours.items():
+    labels.append(f"metriclearn{' grouped' if by_group else ''} [{split}]")
+    accs = [r["metrics"]["official_20way_one_shot"] for r in rs]
+    values.append(float(np.mean(accs)))
+    points.append(accs)
+  figures.accuracy_bars(
+    labels, values, points, folder / "accuracy.png", highlight="metriclearn"
+  )
+  first = ours[("background", False)][0]
+  names = copy_figures(
+    first,
+    folder,
+    "background_s0_",
+    ["training_curves.png", "embedding_map.png", "distance_histograms.png", "roc.png"],
+  )
+  images = "\n".join(f"![{n}]({folder.name}/{n})" for n in ["accuracy.png", *names])
+  return "\n\n".join(
+    [
+      "### The official 20 runs (Lake et al.'s protocol)",
+      main,
+      "### The held-out evaluation alphabets (all 13,180 images of the 659 characters)",
+      held_table,
+      machine_line([r for rs in ours.values() for r in rs]),
+      "### Figures",
+      "`accuracy.png`: the official-runs accuracy beside Lake et al.'s table (dots: "
+      "seeds). The other four are seed 0 trained on `images_background`: training "
+      "curves with the held-out metrics every 500 steps, a PCA map of held-out "
+      "embeddings, held-out pair distances, the verification ROC.",
+      images,
+    ]
+  )
+
+
+# ------------------------------------------------------------------ comparison
+
+
+def compare(runs, out: pathlib.Path) -> str:
+  folder = out.with_suffix("")
+  groups = group(runs, ("dataset", "loss"))
+  order = list(registry.LOSSES)
+  parts, chart = [], {}
+  for dataset in ("omniglot", "mnist"):
+    rows, chart[dataset] = [], {}
+    by_loss = {loss: rs for (d, loss), rs in groups.items() if d == dataset}
+    if not by_loss:
+      continue
+    some = next(iter(by_loss.values()))
+    shot = next(k for k in some[0]["metrics"] if k.endswith("way_one_shot"))
+    cols = ["map_at_r", "r_precision", "precision_at_1", shot]
+    if dataset == "omniglot":
+      cols += ["20way_within_alphabet", "official_20way_one_shot"]
+    best = {c: max(mean(rs, c) for rs in by_loss.values()) for c in cols}
+    for loss in sorted(by_loss, key=order.index):
+      rs = by_loss[loss]
+      cells = []
+      for c in cols:
+        cell = stat(rs, c)
+        cells.append(f"**{cell}**" if mean(rs, c) == best[c] else cell)
+      kind = registry.get(loss).kind
+      rows.append([loss, kind, len(rs), *cells])
+      chart[dataset][loss] = [r["metrics"]["map_at_r"] for r in rs]
+    cfg = some[0]["config"]
+    parts += [
+      f"### {dataset}: {len(by_loss)} losses x {len(some)} seeds, held-out classes",
+      f"Conv-4, {cfg['image_size']}x{cfg['image_size']}, "
+      f"{cfg['embedding_dim']}-d normalised embedding, {cfg['steps']} steps of "
+      f"{cfg['batch_size']} images (pair losses: {cfg['batch_size'] // 2} pairs; "
+      f"batch losses: {cfg['batch_size'] // cfg['samples_per_class']} classes x "
+      f"{cfg['samples_per_class']}), AdamW lr {cfg['learning_rate']}, evaluated on "
+      f"{cfg['max_test']} held-out images. Bold: the best mean.",
+      table(["loss", "kind", "seeds", *cols], rows),
+      machine_line([r for rs in by_loss.values() for r in rs]),
+    ]
+  figures.grouped_bars(chart, folder / "map_at_r.png", ylabel="held-out MAP@R")
+  images = ["map_at_r.png"]
+  for loss in ("contrastive", "supcon"):
+    rs = groups.get(("mnist", loss))
+    if rs:
+      images += copy_figures(rs[0], folder, f"mnist_{loss}_s0_", ["embedding_map.png"])
+  parts += [
+    "### Figures",
+    "`map_at_r.png`: held-out MAP@R of each loss (bars: mean; dots: seeds). The two "
+    "maps are t-SNE projections of held-out MNIST digits (5-9), seed 0, for the "
+    "contrastive and SupCon encoders.",
+    "\n".join(f"![{n}]({folder.name}/{n})" for n in images),
+  ]
+  return "\n\n".join(parts)
+
+
+def write(out: pathlib.Path, body: str, command: str) -> None:
+  text = out.read_text() if out.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f"--out {out} has no {BEGIN} ... {END} markers.")
+  generated = f"{BEGIN}\n<!-- written by: {command} -->\n\n{body}\n{END}"
+  text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END) :]
+  out.write_text(text)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("kind", choices=["oneshot", "compare"])
+  parser.add_argument("runs", nargs="+", help="folders of sweep runs")
+  parser.add_argument("--out", required=True, help="the results Markdown file")
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out)
+  runs = load_runs(args.runs)
+  body = (oneshot if args.kind == "oneshot" else compare)(runs, out)
+  command = "python experiments/report.py " + " ".join(
+    argv if argv is not None else sys.argv[1:]
+  )
+  write(out, body, command)
+  print(body)
+
+
+if __name__ == "__main__":
+  main()
