@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
-from test_triplet import CASES, grid_batch, normal_batch, np_distance, np_pairs
+from references import CASES, grid_batch, normal_batch, np_distance, np_pairs
 
 from metriclearn import miners
 from metriclearn.losses.triplet import batch_all_triplet_loss

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from device_utils import assert_matches_single_device
 from jax.test_util import check_grads
+from references import np_pairs
 
 from metriclearn import distances, reduce
 from metriclearn.losses.pair import CONTRASTIVE_VARIANTS, contrastive_loss
@@ -29,27 +30,6 @@ from metriclearn.losses.pair_weighting import (
 
 # ----------------------------------------------------------------------------------
 # Independent references
-
-
-def np_relations(labels, ref_labels=None, positive_mask=None, mask=None):
-  """pos[a, j], neg[a, j] by loops: both rows real, not a self-pair, inside mask."""
-  self_compare = ref_labels is None
-  ref_labels = labels if self_compare else ref_labels
-  n, m = len(labels), len(ref_labels)
-  pos, neg = np.zeros((n, m), bool), np.zeros((n, m), bool)
-  for a in range(n):
-    for j in range(m):
-      if labels[a] < 0 or ref_labels[j] < 0 or (self_compare and a == j):
-        continue
-      if mask is not None and not mask[a, j]:
-        continue
-      same = (
-        positive_mask[a, j]
-        if positive_mask is not None
-        else (labels[a] == ref_labels[j])
-      )
-      pos[a, j], neg[a, j] = same, not same
-  return pos, neg
 
 
 def _dist(x, y):
@@ -219,7 +199,7 @@ def _check(name, e, y, dtype, rtol, atol, **extra):
   e = np.asarray(e, dtype)
   ref_e = extra.pop("ref_embeddings", None)
   ref_y = extra.get("ref_labels")
-  pos, neg = np_relations(
+  pos, neg = np_pairs(
     y, ref_y, positive_mask=extra.get("positive_mask"), mask=extra.get("mask")
   )
   B = e if ref_e is None else np.asarray(ref_e, dtype)
@@ -362,7 +342,7 @@ def test_worked_example_margin():
 )
 def test_pair_form_agrees_with_batch_form(options):
   e, y = make_batch(7, classes=3, duplicates=False)
-  pos, neg = np_relations(y)
+  pos, neg = np_pairs(y)
   a, j = np.nonzero(pos | neg)
   with jax.enable_x64(True):
     e = jnp.asarray(e)
@@ -382,7 +362,7 @@ def test_pml_avg_non_zero_reduction():
   # the non-zero positive-pair losses + mean of the non-zero negative-pair losses.
   e, y = make_batch(8, classes=3, duplicates=False)
   e = e / np.linalg.norm(e, axis=1, keepdims=True)
-  pos, neg = np_relations(y)
+  pos, neg = np_pairs(y)
   pos_losses, neg_losses = [], []
   for a in range(len(y)):
     for j in range(len(y)):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from device_utils import assert_matches_single_device
 from jax.test_util import check_grads
+from references import np_pairs
 
 from metriclearn.losses.softmax import (
   infonce_loss,
@@ -22,32 +23,6 @@ from metriclearn.losses.softmax import (
 
 # ----------------------------------------------------------------------------------
 # Independent references: loops over anchors and pairs, float64, from the papers.
-
-
-def _is_pad(label) -> bool:
-  return bool(np.all(np.asarray(label) < 0))
-
-
-def ref_masks(labels, ref_labels=None, positive_mask=None, compare=None, mask=None):
-  """Positive / negative pairs by the label convention, one pair at a time."""
-  self_mode = ref_labels is None
-  ref_labels = labels if self_mode else ref_labels
-  n, m = len(labels), len(ref_labels)
-  pos, neg = np.zeros((n, m), bool), np.zeros((n, m), bool)
-  for i in range(n):
-    for j in range(m):
-      if _is_pad(labels[i]) or _is_pad(ref_labels[j]) or (self_mode and i == j):
-        continue
-      if mask is not None and not mask[i, j]:
-        continue
-      if positive_mask is not None:
-        same = bool(positive_mask[i, j])
-      elif compare is not None:
-        same = bool(compare(labels[i], ref_labels[j]))
-      else:
-        same = labels[i] == ref_labels[j]
-      pos[i, j], neg[i, j] = same, not same
-  return pos, neg
 
 
 def ref_similarity(a, b, kind):
@@ -141,7 +116,7 @@ def reference(name, emb, labels, *, ref_emb=None, ref_labels=None, **masks):
   opts = LOSSES[name][1]
   a = np.asarray(emb, np.float64)
   c = a if ref_emb is None else np.asarray(ref_emb, np.float64)
-  pos, neg = ref_masks(labels, ref_labels, **masks)
+  pos, neg = np_pairs(labels, ref_labels, **masks)
   if name == "snn":
     dist = np.array([[np.sum((x - y) ** 2) for y in c] for x in a])
     return ref_snn(dist, pos, neg, temp=opts["temperature"])

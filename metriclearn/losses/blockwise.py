@@ -1890,7 +1890,7 @@ def margin_loss(
       candidates=distances.l2_normalize(inp.candidates),
     )
   dtype = inp.anchors.dtype
-  anchor_beta = _pw._anchor_beta(beta, inp.labels, inp.anchors.shape[0]).astype(dtype)
+  anchor_beta = _pw.anchor_beta(beta, inp.labels, inp.anchors.shape[0]).astype(dtype)
   ((total, count, n_pos, n_neg),) = _run(
     inp,
     (Pass(_margin_terms, ("sum", "sum", "sum", "sum")),),
@@ -2292,4 +2292,4 @@ def batch_all_triplet_loss(
     lambda args: rows(*args), (a_pad.reshape(na // ba, ba, -1), starts)
   )
   total, count = total.reshape(na)[:n], count.reshape(na)[:n]
-  return triplet._average(total, count, average, axis_name)
+  return triplet.average_terms(total, count, average, axis_name)

@@ -576,7 +576,7 @@ def margin_from_distance(
   return jnp.where(valid, per_anchor, 0.0)
 
 
-def _anchor_beta(beta: jax.Array, labels: jax.Array, n: int) -> jax.Array:
+def anchor_beta(beta: jax.Array, labels: jax.Array, n: int) -> jax.Array:
   """The boundary of each anchor: the scalar, or the anchor's class entry of [C]."""
   if beta.ndim == 0:
     return jnp.broadcast_to(beta, (n,))
@@ -681,12 +681,12 @@ def margin_loss(
       distances.l2_normalize(candidates),
     )
   dist = distances.get_pairwise_distance(distance)(anchors, candidates)
-  anchor_beta = _anchor_beta(beta, batch.anchor_labels, anchors.shape[0])
+  beta_of_anchor = anchor_beta(beta, batch.anchor_labels, anchors.shape[0])
   return margin_from_distance(
     dist,
     batch.positive,
     batch.negative,
-    anchor_beta.astype(dist.dtype),
+    beta_of_anchor.astype(dist.dtype),
     margin=margin,
     nu=nu,
   )

@@ -102,7 +102,7 @@ def _check_average(average: str) -> None:
     raise ValueError(f"average must be one of {_AVERAGES}, got {average!r}.")
 
 
-def _average(
+def average_terms(
   total: jax.Array, count: jax.Array, average: str, axis_name: str | None
 ) -> jax.Array:
   """Per-anchor ``total`` [n] over ``count`` [n] terms, as an anchor or batch average.
@@ -279,7 +279,7 @@ def batch_all_triplet_loss(
   losses = triplet_formula(dist[:, :, None], dist[:, None, :], margin, soft)
   total = reduce.masked_sum(losses, triplets, axis=(1, 2))
   count = jnp.sum(triplets & (losses > 0), axis=(1, 2))
-  return _average(total, count, average, axis_name)
+  return average_terms(total, count, average, axis_name)
 
 
 def batch_hard_triplet_loss(
@@ -469,4 +469,4 @@ def semi_hard_triplet_loss(
   d_an, has_negative = semi_hard_negative_distance(dist, batch.negative)
   pairs = batch.positive & has_negative[:, None]
   total = reduce.masked_sum(triplet_formula(dist, d_an, margin, soft), pairs, axis=1)
-  return _average(total, jnp.sum(pairs, axis=1), average, axis_name)
+  return average_terms(total, jnp.sum(pairs, axis=1), average, axis_name)
