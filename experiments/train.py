@@ -146,7 +146,7 @@ def make_batches(config: dict, train: data.ImageDataset, spec: registry.LossSpec
     for step, batch in enumerate(sampler):
       out = {}
       for name in keys:
-        x = jnp.asarray(_images(batch[name]))
+        x = data.to_float(jnp.asarray(batch[name]))  # stays on the device
         if augment is not None:
           x = augment(jax.random.fold_in(jax.random.fold_in(key, step), len(out)), x)
         out[name] = x
