@@ -184,11 +184,40 @@ def oneshot(runs, out: pathlib.Path) -> str:
 # ------------------------------------------------------------------ comparison
 
 
+def welch_t(a, b) -> float:
+  """Welch's t statistic of the difference of two samples' means."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  return (a.mean() - b.mean()) / np.sqrt(
+    a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
+  )
+
+
+def head_to_head(groups, first: str, second: str) -> str:
+  """``first`` against ``second`` loss on every dataset: means, difference, Welch t."""
+  rows = []
+  for dataset in ("omniglot", "mnist"):
+    rs, other = groups.get((dataset, first)), groups.get((dataset, second))
+    if rs is None or other is None:
+      continue
+    shot = [k for k in rs[0]["metrics"] if k.endswith("way_one_shot")]
+    for metric in ["map_at_r", "precision_at_1", *shot]:
+      a = [r["metrics"][metric] for r in rs]
+      b = [r["metrics"][metric] for r in other]
+      diff = f"{np.mean(a) - np.mean(b):+.3f}"
+      t = f"{welch_t(a, b):.1f}" if len(a) > 1 and len(b) > 1 else ""
+      rows.append([dataset, metric, stat(rs, metric), stat(other, metric), diff, t])
+  return table(["held-out", "metric", first, second, "difference", "Welch t"], rows)
+
+
 def compare(runs, out: pathlib.Path) -> str:
   folder = out.with_suffix("")
   groups = group(runs, ("dataset", "loss"))
   order = list(registry.LOSSES)
-  parts, chart = [], {}
+  parts = [
+    "### Contrastive against log-likelihood",
+    head_to_head(groups, "contrastive", "log_likelihood"),
+  ]
+  chart = {}
   for dataset in ("omniglot", "mnist"):
     rows, chart[dataset] = [], {}
     by_loss = {loss: rs for (d, loss), rs in groups.items() if d == dataset}

@@ -135,7 +135,8 @@ def test_report_tables_from_runs(tmp_path):
   runs = tmp_path / "runs"
   base = {"dataset": "mnist", "image_size": 28, "embedding_dim": 64, "steps": 10}
   base.update(batch_size=120, samples_per_class=24, learning_rate=1e-3, max_test=50)
-  for loss, values in [("contrastive", (0.4, 0.6)), ("supcon", (0.7, 0.7))]:
+  fake = [("contrastive", (0.4, 0.6)), ("log_likelihood", (0.3, 0.5))]
+  for loss, values in [*fake, ("supcon", (0.7, 0.7))]:
     for seed, v in enumerate(values):
       metrics = dict.fromkeys(["map_at_r", "r_precision", "precision_at_1"], v)
       metrics["5way_one_shot"] = v
@@ -149,6 +150,8 @@ def test_report_tables_from_runs(tmp_path):
   # contrastive: mean 0.5, sample std sqrt(2 * 0.1^2 / 1) = 0.141; supcon best, bold
   assert "| contrastive | pair | 2 | 0.500 ± 0.141 |" in text
   assert "| supcon | batch | 2 | **0.700 ± 0.000** |" in text
+  # head to head: difference 0.1, Welch t = 0.1 / sqrt(0.02 / 2 + 0.02 / 2) = 0.7
+  assert "| mnist | map_at_r | 0.500 ± 0.141 | 0.400 ± 0.141 | +0.100 | 0.7 |" in text
   assert (out.parent / "comparison" / "map_at_r.png").stat().st_size > 1000
 
 
