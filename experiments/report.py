@@ -28,6 +28,8 @@ sys.path.insert(0, str(HERE))
 
 import figures  # noqa: E402
 import registry  # noqa: E402
+from sweep import markdown_table as table  # noqa: E402
+from sweep import sample_std  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
@@ -64,19 +66,13 @@ def group(runs, keys) -> dict[tuple, list[dict]]:
 
 def stat(runs, metric, scale=1.0) -> str:
   v = np.array([r["metrics"][metric] for r in runs]) * scale
-  std = np.std(v, ddof=1) if len(v) > 1 else 0.0
+  std = sample_std(v)
   digits = 1 if scale == 100 else 3
   return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def mean(runs, metric) -> float:
   return float(np.mean([r["metrics"][metric] for r in runs]))
-
-
-def table(head, rows) -> str:
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-  return "\n".join(lines)
 
 
 def machine_line(runs) -> str:

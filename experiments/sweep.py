@@ -47,6 +47,16 @@ def run_name(point: dict[str, str], seed: int) -> str:
   return f"{label}_s{seed}"
 
 
+def sample_std(values) -> float:
+  """The sample standard deviation (ddof=1); 0 for a single value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def markdown_table(head, rows) -> str:
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def run_one(config: str, point, seed, sets, out: pathlib.Path) -> tuple[str, float]:
   workdir = out / run_name(point, seed)
   if (workdir / "metrics.json").exists():
@@ -82,9 +92,7 @@ def summarize(out: pathlib.Path, points, seeds) -> tuple[str, list[dict]]:
         "point": point,
         "seeds": [r["config"]["seed"] for r in results],
         "mean": {k: float(np.mean(v)) for k, v in values.items()},
-        "std": {
-          k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()
-        },
+        "std": {k: sample_std(v) for k, v in values.items()},
         "values": values,
         "wall_time_s": [r["wall_time_s"] for r in results],
         "machine": results[0]["machine"],
@@ -95,21 +103,20 @@ def summarize(out: pathlib.Path, points, seeds) -> tuple[str, list[dict]]:
   metrics = list(rows[0]["mean"])
   axes = list(rows[0]["point"])
   head = [*axes, "seeds", *metrics, "wall s / run"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  cells = []
   for row in rows:
-    cells = [row["point"][a] for a in axes] + [str(len(row["seeds"]))]
+    cells.append([row["point"][a] for a in axes] + [str(len(row["seeds"]))])
     for k in metrics:
       mean, std = row["mean"].get(k), row["std"].get(k)
-      cells.append("" if mean is None else f"{mean:.4f} ± {std:.4f}")
-    cells.append(f"{np.mean(row['wall_time_s']):.0f}")
-    lines.append("| " + " | ".join(cells) + " |")
+      cells[-1].append("" if mean is None else f"{mean:.4f} ± {std:.4f}")
+    cells[-1].append(f"{np.mean(row['wall_time_s']):.0f}")
   machine = rows[0]["machine"]
-  lines.append(
-    f"\nmean ± sample std over seeds; machine: {machine['devices']} "
+  note = (
+    f"mean ± sample std over seeds; machine: {machine['devices']} "
     f"({machine['backend']}), {machine['cpu']}, {machine['cores']} cores, "
     f"JAX {machine['jax']}"
   )
-  return "\n".join(lines) + "\n", rows
+  return f"{markdown_table(head, cells)}\n\n{note}\n", rows
 
 
 def main(argv=None) -> str:
