@@ -66,50 +66,32 @@ def _loss_fn(loss: str, form: str, block_size):
   import jax.numpy as jnp
   import optax
 
-  from metriclearn.losses import blockwise as bw
-  from metriclearn.losses import pair_weighting as pw
-  from metriclearn.losses import softmax, triplet
+  from metriclearn import losses
 
-  dense = {
-    "ntxent": softmax.ntxent_loss,
-    "supcon": softmax.supcon_loss,
-    "multi_similarity": pw.multi_similarity_loss,
-    "soft_nearest_neighbor": softmax.soft_nearest_neighbor_loss,
+  fns = {
+    "ntxent": losses.ntxent_loss,
+    "supcon": losses.supcon_loss,
+    "multi_similarity": losses.multi_similarity_loss,
+    "soft_nearest_neighbor": losses.soft_nearest_neighbor_loss,
     "sigmoid_pairwise": functools.partial(
-      softmax.sigmoid_pairwise_loss, scale=10.0, bias=-10.0
+      losses.sigmoid_pairwise_loss, scale=10.0, bias=-10.0
     ),
-    "npair": softmax.npair_loss,
-    "circle": pw.circle_loss,
-    "contrastive": pw.batch_contrastive_loss,
-    "lifted_structure": pw.lifted_structure_loss,
-    "margin": pw.margin_loss,
-    "batch_hard_triplet": triplet.batch_hard_triplet_loss,
-    "semi_hard_triplet": triplet.semi_hard_triplet_loss,
-    "batch_all_triplet": triplet.batch_all_triplet_loss,
-  }
-  blockwise = {
-    "ntxent": bw.ntxent_loss,
-    "supcon": bw.supcon_loss,
-    "multi_similarity": bw.multi_similarity_loss,
-    "soft_nearest_neighbor": bw.soft_nearest_neighbor_loss,
-    "sigmoid_pairwise": functools.partial(
-      bw.sigmoid_pairwise_loss, scale=10.0, bias=-10.0
-    ),
-    "npair": bw.npair_loss,
-    "circle": bw.circle_loss,
-    "contrastive": bw.batch_contrastive_loss,
-    "lifted_structure": bw.lifted_structure_loss,
-    "margin": bw.margin_loss,
-    "batch_hard_triplet": bw.batch_hard_triplet_loss,
-    "batch_all_triplet": bw.batch_all_triplet_loss,
+    "npair": losses.npair_loss,
+    "circle": losses.circle_loss,
+    "contrastive": losses.batch_contrastive_loss,
+    "lifted_structure": losses.lifted_structure_loss,
+    "margin": losses.margin_loss,
+    "batch_hard_triplet": losses.batch_hard_triplet_loss,
+    "semi_hard_triplet": losses.semi_hard_triplet_loss,
+    "batch_all_triplet": losses.batch_all_triplet_loss,
   }
   if form == "dense":
-    fn = dense[loss]
+    fn = fns[loss]
     return lambda e, labels: jnp.mean(fn(e, labels))
   if form == "blockwise":
-    fn = blockwise[loss]
-    if block_size is not None:
-      fn = functools.partial(fn, block_size=block_size)
+    # 512 x 512 blocks (256 anchors a block for the sorted batch-all form)
+    block = block_size or (256 if loss == "batch_all_triplet" else 512)
+    fn = functools.partial(fns[loss], block_size=block)
     return lambda e, labels: jnp.mean(fn(e, labels))
   if form == "optax" and loss == "ntxent":
     return lambda e, labels: optax.losses.ntxent(e, labels, temperature=0.1)

@@ -33,11 +33,11 @@ def _koch_l1(x1, x2, similar, *, alpha, bias):
 
 
 def _proxies(key, c, d):
-  return {"proxies": proxy.init_proxies(key, c, d)}
+  return {"proxies": losses.init_proxies(key, c, d)}
 
 
 def _linear_head(key, c, d):
-  return {"weights": proxy.init_proxies(key, c, d), "bias": jnp.zeros((c,))}
+  return {"weights": losses.init_proxies(key, c, d), "bias": jnp.zeros((c,))}
 
 
 LOSSES: dict[str, LossSpec] = {

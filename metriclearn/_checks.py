@@ -66,6 +66,29 @@ def check_in_range(value: Any, name: str, low: float, high: float) -> None:
     raise ValueError(f"{name} must lie in [{low}, {high}], got {v.tolist()}.")
 
 
+def scalar(
+  value: Any,
+  name: str,
+  dtype: Any = None,
+  *,
+  positive: bool = False,
+  non_negative: bool = False,
+) -> jax.Array:
+  """A scalar option (a number, or a scalar array that may be learned) as an array.
+
+  Its value is checked (``> 0`` or ``>= 0``) when it is known at trace time; a traced
+  value (inside ``jit``, or learned) cannot be checked here.
+  """
+  if positive:
+    check_positive(value, name)
+  if non_negative:
+    check_non_negative(value, name)
+  x = as_float(value, name)
+  if x.shape != ():
+    raise ValueError(f"{name} must be a scalar, got shape {tuple(x.shape)}.")
+  return x if dtype is None else x.astype(dtype)
+
+
 def check_rank(x: jax.Array, rank: int, name: str, what: str = "") -> None:
   if x.ndim != rank:
     hint = f" ({what})" if what else ""
@@ -81,6 +104,12 @@ def check_labels(labels: Any, n: int, name: str = "labels") -> jax.Array:
     raise ValueError(
       f"{name} must have shape ({n},) to match the embeddings, got "
       f"{tuple(labels.shape)}."
+    )
+  value = concrete_value(labels)
+  if value is not None and value.size and value.min() < -1:
+    raise ValueError(
+      f"{name} must be >= 0, or -1 for padding; got {value.min()} (the only "
+      "negative label is -1)."
     )
   return labels
 

@@ -16,15 +16,39 @@ import jax.numpy as jnp
 
 from metriclearn import _checks
 
+__all__ = [
+  "DISTANCES",
+  "SIMILARITIES",
+  "DistanceFn",
+  "cosine_distance",
+  "cosine_similarity",
+  "distance_fn",
+  "dot",
+  "euclidean",
+  "get_distance",
+  "get_pairwise_distance",
+  "get_pairwise_similarity",
+  "l2_normalize",
+  "pairwise_cosine_distance",
+  "pairwise_cosine_similarity",
+  "pairwise_dot",
+  "pairwise_euclidean",
+  "pairwise_squared_euclidean",
+  "safe_sqrt",
+  "squared_euclidean",
+]
+
 DistanceFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _EPS = 1e-12
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
-  """``sqrt(max(x, 0))`` whose derivative is 0, not infinite, where ``x <= 0``."""
+  """``sqrt(max(x, 0))`` whose derivative is 0, not infinite, where ``x <= 0``; NaN
+  stays NaN."""
   positive = x > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+  out = jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+  return jnp.where(jnp.isnan(x), x, out)
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = _EPS) -> jax.Array:
@@ -176,3 +200,27 @@ def get_pairwise_distance(name: str | DistanceFn) -> DistanceFn:
 def get_pairwise_similarity(name: str | DistanceFn) -> DistanceFn:
   """Pairwise similarity matrix function by name: 'cosine' or 'dot' (or a callable)."""
   return _lookup(_SIMILARITY, name, "similarity")
+
+
+def distance_fn(
+  distance: str | DistanceFn, squared: bool = False, *, pairwise: bool = True
+) -> DistanceFn:
+  """The distance named ``distance`` (pairwise, or of one pair), squared if
+  ``squared``: ``('euclidean', squared=True)`` is the squared Euclidean distance.
+
+  >>> distance_fn("euclidean", True)(jnp.zeros((1, 2)), jnp.ones((1, 2)))
+  Array([[2.]], dtype=float32)
+  """
+  get = get_pairwise_distance if pairwise else get_distance
+  if squared and isinstance(distance, str):
+    if distance == "squared_euclidean":
+      raise ValueError(
+        "distance='squared_euclidean' is already squared: pass distance='euclidean' "
+        "with squared=True, or squared=False."
+      )
+    if distance == "euclidean":
+      return get("squared_euclidean")
+  fn = get(distance)
+  if not squared:
+    return fn
+  return lambda a, b: jnp.square(fn(a, b))

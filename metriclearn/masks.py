@@ -16,8 +16,8 @@ import jax.numpy as jnp
 LabelComparison = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _is_valid(labels: jax.Array) -> jax.Array:
-  """[n] bool: a row is padding when every one of its label entries is negative."""
+def valid_rows(labels: jax.Array) -> jax.Array:
+  """[n] bool: the real rows; a row is padding when all its label entries are < 0."""
   labels = jnp.asarray(labels)
   if labels.ndim == 1:
     return labels >= 0
@@ -55,7 +55,7 @@ def valid_mask(
   """
   if ref_labels is None:
     ref_labels, self_offset = labels, 0
-  valid = _is_valid(labels)[:, None] & _is_valid(ref_labels)[None, :]
+  valid = valid_rows(labels)[:, None] & valid_rows(ref_labels)[None, :]
   if self_offset is not None:
     n, m = valid.shape
     valid &= ~self_mask(n, m, self_offset)

@@ -2,7 +2,7 @@ r"""Miners: fixed-shape boolean masks of the (anchor, candidate) pairs to train 
 
 A miner takes the batch-form arguments of a loss (``embeddings``, ``labels``,
 ``ref_embeddings``, ``ref_labels``, ``positive_mask``, ``label_comparison``, ``mask``,
-``axis_name``; see :func:`metriclearn.losses._batch.prepare`) and returns an [n, m]
+``axis_name``; see :mod:`metriclearn.pairs`) and returns an [n, m]
 boolean mask, True for the selected positive and negative pairs. It never returns
 index lists, so it works under ``jit`` and across devices, and its output is the
 ``mask=`` of any batch-form loss: pairs outside it take no part::
@@ -25,16 +25,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from metriclearn import _checks, distances, masks, reduce
-from metriclearn.losses import _batch
-from metriclearn.losses import triplet as _triplet
+from metriclearn import _checks, distances, pairs, reduce
+
+__all__ = [
+  "batch_hard_miner",
+  "distance_weighted_miner",
+  "distance_weighted_probabilities",
+  "multi_similarity_miner",
+  "pair_margin_miner",
+  "semi_hard_miner",
+]
+
+# FaceNet's margin, as the triplet losses' default.
+_FACENET_MARGIN = 0.2
 
 
-def _prepare(embeddings, labels, ref_embeddings, **kwargs) -> _batch.Batch:
-  batch = _batch.prepare(embeddings, labels, ref_embeddings=ref_embeddings, **kwargs)
-  return batch._replace(
-    anchors=jax.lax.stop_gradient(batch.anchors),
-    candidates=jax.lax.stop_gradient(batch.candidates),
+def _dense(rel: pairs.Relation) -> pairs.Pairs:
+  """The dense relation, not differentiated (mining selects, it has no gradient)."""
+  p = pairs.dense(rel)
+  return p._replace(
+    anchors=jax.lax.stop_gradient(p.anchors),
+    candidates=jax.lax.stop_gradient(p.candidates),
   )
 
 
@@ -42,16 +53,10 @@ def _one_hot_columns(index: jax.Array, m: int) -> jax.Array:
   return jnp.arange(m)[None, :] == index[:, None]
 
 
+@pairs.batch_form
 def batch_hard_miner(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   distance: str | distances.DistanceFn = "euclidean",
 ) -> jax.Array:
   r"""The hardest positive and the hardest negative of each anchor.
@@ -65,10 +70,7 @@ def batch_hard_miner(
   given this mask sees one triplet per anchor, Hermans et al.'s batch-hard triplet.
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None).
-    labels: [n] integer labels; -1 marks padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
+    {relation}
     distance: 'euclidean' (default), 'squared_euclidean', 'cosine', or a callable
       ``(a [n, d], b [m, d]) -> [n, m]``.
 
@@ -84,16 +86,7 @@ def batch_hard_miner(
     Hermans, Beyer, Leibe. In Defense of the Triplet Loss for Person
     Re-Identification. arXiv:1703.07737, 2017.
   """
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  batch = _dense(rel)
   dist = distances.get_pairwise_distance(distance)(batch.anchors, batch.candidates)
   m = dist.shape[1]
   hardest_positive = jnp.argmax(jnp.where(batch.positive, dist, -jnp.inf), axis=1)
@@ -105,17 +98,11 @@ def batch_hard_miner(
   return selected & both[:, None]
 
 
+@pairs.batch_form
 def semi_hard_miner(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
-  margin: float | jax.Array = _triplet.DEFAULT_MARGIN,
+  margin: float | jax.Array = _FACENET_MARGIN,
   distance: str | distances.DistanceFn = "euclidean",
   squared: bool = True,
 ) -> jax.Array:
@@ -136,10 +123,7 @@ def semi_hard_miner(
   Each row is sorted once: O(n m log m) time and O(n m) memory.
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None).
-    labels: [n] integer labels; -1 marks padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
+    {relation}
     margin: m >= 0 (default 0.2, FaceNet).
     distance: 'euclidean' (default), 'cosine', or a callable
       ``(a [n, d], b [m, d]) -> [n, m]``.
@@ -160,39 +144,24 @@ def semi_hard_miner(
     and Clustering. CVPR 2015.
   """
   _checks.check_non_negative(margin, "margin")
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
-  dist = _triplet.distance_fn(distance, squared)(batch.anchors, batch.candidates)
+  batch = _dense(rel)
+  dist = distances.distance_fn(distance, squared)(batch.anchors, batch.candidates)
   upper = dist + jnp.asarray(margin).astype(dist.dtype)  # D_ap + m
-  count = _triplet.count_sorted
+  count = reduce.count_sorted
   # Negative n: #{p : D_ap < D_an} - #{p : D_ap + m <= D_an} = #{p : semi-hard}.
-  sorted_pos = _triplet.sorted_where(batch.positive, dist)
-  sorted_pos_upper = _triplet.sorted_where(batch.positive, upper)
+  sorted_pos = reduce.sorted_where(batch.positive, dist)
+  sorted_pos_upper = reduce.sorted_where(batch.positive, upper)
   negatives = count(sorted_pos, dist, "left") > count(sorted_pos_upper, dist, "right")
   # Positive p: #{n : D_an < D_ap + m} - #{n : D_an <= D_ap} = #{n : semi-hard}.
-  sorted_neg = _triplet.sorted_where(batch.negative, dist)
+  sorted_neg = reduce.sorted_where(batch.negative, dist)
   positives = count(sorted_neg, upper, "left") > count(sorted_neg, dist, "right")
   return (batch.negative & negatives) | (batch.positive & positives)
 
 
+@pairs.batch_form
 def multi_similarity_miner(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   epsilon: float | jax.Array = 0.1,
   similarity: str | distances.DistanceFn = "cosine",
 ) -> jax.Array:
@@ -211,10 +180,7 @@ def multi_similarity_miner(
   positive (pytorch-metric-learning's ``MultiSimilarityMiner``).
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None).
-    labels: [n] integer labels; -1 marks padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
+    {relation}
     epsilon: :math:`\epsilon \ge 0` (default 0.1, the paper's value).
     similarity: 'cosine' (default), 'dot', or a callable
       ``(a [n, d], b [m, d]) -> [n, m]``.
@@ -234,16 +200,7 @@ def multi_similarity_miner(
     for Deep Metric Learning. CVPR 2019.
   """
   _checks.check_non_negative(epsilon, "epsilon")
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  batch = _dense(rel)
   sim = distances.get_pairwise_similarity(similarity)(batch.anchors, batch.candidates)
   epsilon = jnp.asarray(epsilon).astype(sim.dtype)
   least_similar_positive = jnp.min(
@@ -257,16 +214,10 @@ def multi_similarity_miner(
   return negatives | positives
 
 
+@pairs.batch_form
 def pair_margin_miner(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   pos_margin: float | jax.Array = 0.2,
   neg_margin: float | jax.Array = 0.8,
   distance: str | distances.DistanceFn = "euclidean",
@@ -282,10 +233,7 @@ def pair_margin_miner(
   reproduce it, pass ``distances.l2_normalize(embeddings)``.
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None).
-    labels: [n] integer labels; -1 marks padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
+    {relation}
     pos_margin: :math:`m_+ \ge 0` (default 0.2, pytorch-metric-learning's).
     neg_margin: :math:`m_- \ge 0` (default 0.8, pytorch-metric-learning's).
     distance: 'euclidean' (default), 'squared_euclidean', 'cosine', or a callable
@@ -303,16 +251,7 @@ def pair_margin_miner(
   """
   _checks.check_non_negative(pos_margin, "pos_margin")
   _checks.check_non_negative(neg_margin, "neg_margin")
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  batch = _dense(rel)
   dist = distances.get_pairwise_distance(distance)(batch.anchors, batch.candidates)
   pos_margin = jnp.asarray(pos_margin).astype(dist.dtype)
   neg_margin = jnp.asarray(neg_margin).astype(dist.dtype)
@@ -320,7 +259,7 @@ def pair_margin_miner(
 
 
 def _distance_weighted_logits(
-  batch: _batch.Batch, cutoff, nonzero_loss_cutoff
+  batch: pairs.Pairs, cutoff, nonzero_loss_cutoff
 ) -> tuple[jax.Array, jax.Array]:
   """Log sampling weights [n, m] (-inf outside the support) and the support [n, m]."""
   _checks.check_positive(cutoff, "cutoff")
@@ -342,16 +281,10 @@ def _distance_weighted_logits(
   return jnp.where(support, log_weight, -jnp.inf), support
 
 
+@pairs.batch_form
 def distance_weighted_probabilities(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   cutoff: float = 0.5,
   nonzero_loss_cutoff: float = 1.4,
 ) -> jax.Array:
@@ -371,11 +304,7 @@ def distance_weighted_probabilities(
   over its negatives (as the authors' code does).
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None); they
-      are L2-normalized here.
-    labels: [n] integer labels; -1 marks padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
+    {relation}
     cutoff: c > 0 (default 0.5, the paper's).
     nonzero_loss_cutoff: :math:`\tau` > 0 (default 1.4, the paper's).
 
@@ -393,32 +322,17 @@ def distance_weighted_probabilities(
     Wu, Manmatha, Smola, Krähenbühl. Sampling Matters in Deep Embedding Learning.
     ICCV 2017.
   """
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  batch = _dense(rel)
   logits, support = _distance_weighted_logits(batch, cutoff, nonzero_loss_cutoff)
   log_total = reduce.masked_logsumexp(logits, support, axis=1, keepdims=True)
   return jnp.where(support, jnp.exp(logits - log_total), 0.0)
 
 
+@pairs.batch_form
 def distance_weighted_miner(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   key: jax.Array,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   num_negatives: int = 1,
   cutoff: float = 0.5,
   nonzero_loss_cutoff: float = 1.4,
@@ -434,12 +348,8 @@ def distance_weighted_miner(
   mask does not depend on how the batch is split over devices.
 
   Args:
-    embeddings: [n, d] anchors (and candidates when ``ref_embeddings`` is None); they
-      are L2-normalized for the weights.
-    labels: [n] integer labels; -1 marks padding.
+    {relation}
     key: a PRNG key.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: see
-      :func:`metriclearn.losses._batch.prepare`.
     num_negatives: negatives per anchor (default 1; the paper's code draws one per
       positive pair, with replacement).
     cutoff: c > 0 (default 0.5, the paper's).
@@ -462,19 +372,10 @@ def distance_weighted_miner(
   """
   if not isinstance(num_negatives, int) or num_negatives < 1:
     raise ValueError(f"num_negatives must be an int >= 1, got {num_negatives!r}.")
-  batch = _prepare(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  batch = _dense(rel)
   logits, support = _distance_weighted_logits(batch, cutoff, nonzero_loss_cutoff)
   n, m = logits.shape
-  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+  first = 0 if rel.axis_name is None else jax.lax.axis_index(rel.axis_name) * n
   rows = first + jnp.arange(n)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
   noise = jax.vmap(lambda k: jax.random.gumbel(k, (m,), logits.dtype))(keys)

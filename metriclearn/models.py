@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from metriclearn import distances
-from metriclearn.losses.proxy import init_proxies
+from metriclearn.initializers import init_proxies
 
 Dtype = Any
 
@@ -356,7 +356,7 @@ class Siamese(nn.Module):
 class Proxies(nn.Module):
   """Learnable proxies [C, d] (or sub-centres [C, K, d]) as Flax parameters.
 
-  Initialised with ``metriclearn.losses.proxy.init_proxies``; the parameter is named
+  Initialised with ``metriclearn.initializers.init_proxies``; the parameter is named
   ``proxies``. For class-sharded proxies (``proxy_axis_name`` of the proxy losses),
   give each device a module with ``num_classes = C / W``.
 

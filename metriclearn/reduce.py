@@ -7,8 +7,23 @@ excluded entry from reaching the result or its gradient.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+__all__ = [
+  "count_sorted",
+  "global_mean",
+  "masked_logsumexp",
+  "masked_max",
+  "masked_mean",
+  "masked_min",
+  "masked_sum",
+  "mean_over_nonzero",
+  "mean_over_valid",
+  "sorted_where",
+]
 
 
 def _count(mask: jax.Array, axis, keepdims: bool = False) -> jax.Array:
@@ -80,3 +95,41 @@ def masked_logsumexp(
   )
   out = jnp.where(any_, jnp.log(jnp.where(any_, total, 1.0)) + peak, -jnp.inf)
   return out if keepdims else jnp.squeeze(out, axis=axis)
+
+
+def sorted_where(mask: jax.Array, values: jax.Array) -> jax.Array:
+  """Each row of ``values`` restricted to ``mask`` and sorted; +inf fills the rest."""
+  return jnp.sort(jnp.where(mask, values, jnp.inf), axis=-1)
+
+
+def count_sorted(sorted_rows: jax.Array, queries: jax.Array, side: str) -> jax.Array:
+  """Per row, how many sorted entries are < (side 'left') or <= ('right') each query."""
+  search = functools.partial(jnp.searchsorted, side=side)
+  return jax.vmap(search)(sorted_rows, queries)
+
+
+def global_mean(
+  values: jax.Array,
+  valid: jax.Array | None = None,
+  *,
+  axis_name: str | None = None,
+  nonzero: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The mean over the valid entries of every device of ``axis_name``.
+
+  Returns ``(local_sum, count, mean)``: this device's sum, the count over every device
+  (at least 1) and the global mean (0 if nothing is valid). ``local_sum / count`` is
+  this device's share of the mean: summed over the devices it is the mean, and so is
+  the gradient. ``nonzero``: only entries > 0 count (``mean_over_nonzero``).
+  """
+  valid = jnp.ones(values.shape, bool) if valid is None else valid
+  if nonzero:
+    valid = valid & (values > 0)
+  local = masked_sum(values, valid)
+  count = jnp.sum(valid).astype(values.dtype)
+  total = local
+  if axis_name is not None:
+    count = jax.lax.psum(count, axis_name)
+    total = jax.lax.psum(local, axis_name)
+  count = jnp.maximum(count, 1.0)
+  return local, count, total / count

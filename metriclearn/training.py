@@ -35,8 +35,8 @@ from flax import serialization, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from metriclearn import pairs, reduce
 from metriclearn.data.prefetch import shard_batch
-from metriclearn.losses import _batch
 
 Batch = Mapping[str, Any]
 KINDS = ("batch", "pair", "triplet", "proxy")
@@ -225,17 +225,13 @@ def _reduce(values, valid, reduction, axis_name):
   if reduction == "total":  # terms of one loss that every device computes in full
     total = jnp.sum(values)
     return total, jnp.ones((), values.dtype), total
-  if reduction == "nonzero":
-    valid = valid & (values > 0)
-  num = jnp.sum(jnp.where(valid, values, 0.0))
-  den = jnp.sum(valid).astype(values.dtype)
+  num, den, mean = reduce.global_mean(
+    values, valid, axis_name=axis_name, nonzero=reduction == "nonzero"
+  )
   if reduction == "sum":
-    den = jnp.ones((), values.dtype)
-  elif axis_name is not None:
-    den = jax.lax.psum(den, axis_name)
-  den = jnp.maximum(den, 1.0)
-  total = num if axis_name is None else jax.lax.psum(num, axis_name)
-  return num, den, total / den
+    total = num if axis_name is None else jax.lax.psum(num, axis_name)
+    return num, jnp.ones((), values.dtype), total
+  return num, den, mean
 
 
 def make_train_step(
@@ -326,8 +322,8 @@ def make_train_step(
       return loss(emb, labels, **extra, **loss_params), valid, memory
     # Cross-batch memory: candidates are the global batch (with gradient) and the
     # memory (without); the anchor's own copy among them is masked out.
-    everyone = _batch.gather(emb, axis_name)
-    everyone_labels = _batch.gather(labels, axis_name)
+    everyone = pairs.gather(emb, axis_name)
+    everyone_labels = pairs.gather(labels, axis_name)
     if memory.size < everyone.shape[0]:
       raise ValueError(
         f"the memory ({memory.size} slots) is smaller than the global batch "

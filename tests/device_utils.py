@@ -1,5 +1,7 @@
-"""Shared test helper: a batch-form loss with ``axis_name`` on 8 simulated devices must
-give the single-device per-anchor losses and embedding gradients on the whole batch."""
+"""Shared test helpers for batch-form losses: per-anchor values with their embedding
+gradients in one compiled function, a tolerance check, and the same on 8 simulated
+devices (a loss with ``axis_name`` must give the single-device per-anchor losses and
+embedding gradients of the whole batch)."""
 
 from __future__ import annotations
 
@@ -10,35 +12,49 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 
+def value_and_grad(loss_fn, embeddings, labels, **kwargs):
+  """Per-anchor losses and d(sum)/d(embeddings), one compiled function."""
+
+  @jax.jit
+  def both(x, lab):
+    values, vjp = jax.vjp(lambda y: loss_fn(y, lab, **kwargs), x)
+    return values, vjp(jnp.ones_like(values))[0]
+
+  return both(embeddings, jnp.asarray(labels))
+
+
+def assert_close(got, want, rtol, msg=""):
+  """Relative tolerance, and the same relative to the largest entry (gradients of
+  small entries carry the rounding of large ones)."""
+  want = np.asarray(want)
+  atol = rtol * max(float(np.max(np.abs(want), initial=0.0)), 1e-3)
+  np.testing.assert_allclose(np.asarray(got), want, rtol, atol, msg)
+
+
 def run_on_devices(loss_fn, embeddings, labels, *, mode: str, **kwargs):
   """Per-anchor losses [n] and d(sum of losses)/d(embeddings) [n, d], computed with the
-  batch split over all devices, ``axis_name`` set (``mode``: 'pmap' or 'shard_map')."""
+  batch split over all devices, ``axis_name='i'`` (``mode``: 'pmap' or 'shard_map'),
+  forward and backward in one compiled function."""
   k = jax.device_count()
   n, d = embeddings.shape
   assert n % k == 0, f"batch {n} must split over {k} devices"
+  labels = jnp.asarray(labels)
 
-  def local_sum(e, lab):
-    return loss_fn(e, lab, axis_name="i", **kwargs).sum()
+  def local(e, lab):
+    values, vjp = jax.vjp(lambda y: loss_fn(y, lab, axis_name="i", **kwargs), e)
+    return values, vjp(jnp.ones_like(values))[0]
 
   if mode == "pmap":
-    e = embeddings.reshape(k, n // k, d)
-    lab = labels.reshape(k, n // k)
-    losses = jax.pmap(lambda e, lab: loss_fn(e, lab, axis_name="i", **kwargs), "i")(
-      e, lab
+    values, grads = jax.pmap(local, "i")(
+      embeddings.reshape(k, n // k, d), labels.reshape(k, n // k)
     )
-    grads = jax.pmap(jax.grad(local_sum), "i")(e, lab)
-    return losses.reshape(n), grads.reshape(n, d)
+    return values.reshape(n), grads.reshape(n, d)
   if mode == "shard_map":
     mesh = Mesh(np.array(jax.devices()), ("i",))
     sharded = jax.shard_map(
-      lambda e, lab: loss_fn(e, lab, axis_name="i", **kwargs),
-      mesh=mesh,
-      in_specs=(P("i"), P("i")),
-      out_specs=P("i"),
+      local, mesh=mesh, in_specs=(P("i"), P("i")), out_specs=(P("i"), P("i"))
     )
-    losses = jax.jit(sharded)(embeddings, labels)
-    grads = jax.jit(jax.grad(lambda e: sharded(e, labels).sum()))(embeddings)
-    return losses, grads
+    return jax.jit(sharded)(embeddings, labels)
   raise ValueError(f"mode must be 'pmap' or 'shard_map', got {mode!r}")
 
 

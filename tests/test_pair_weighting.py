@@ -19,12 +19,10 @@ from metriclearn import distances, reduce
 from metriclearn.losses.pair import CONTRASTIVE_VARIANTS, contrastive_loss
 from metriclearn.losses.pair_weighting import (
   batch_contrastive_loss,
-  circle_from_similarity,
   circle_loss,
   contrastive_pair_losses,
   lifted_structure_loss,
   margin_loss,
-  multi_similarity_from_similarity,
   multi_similarity_loss,
 )
 
@@ -412,14 +410,29 @@ def _random_similarity(seed, n=6, m=9):
   rng = np.random.default_rng(seed)
   sim = rng.uniform(-1, 1, (n, m))
   labels, ref_labels = rng.integers(0, 3, n), rng.integers(0, 3, m)
-  pos = labels[:, None] == ref_labels[None, :]
-  return sim, pos, ~pos
+  return sim, labels, ref_labels
+
+
+def _on_similarity(fn, sim, labels, ref_labels, **options):
+  """The loss as a function of a given [n, m] similarity matrix: the candidates are a
+  separate set (no self-pairs) and the similarity callable returns the matrix."""
+  n, m = sim.shape
+  return lambda s: fn(
+    jnp.zeros((n, 1), s.dtype),
+    jnp.asarray(labels),
+    ref_embeddings=jnp.zeros((m, 1), s.dtype),
+    ref_labels=jnp.asarray(ref_labels),
+    similarity=lambda a, b: s,
+    **options,
+  )
 
 
 def test_circle_gradient_is_the_papers_with_constant_weights():
   # With alpha fixed, dL/ds_n^j = sigmoid(z) softmax_n(j) gamma alpha_n^j and
   # dL/ds_p^i = -sigmoid(z) softmax_p(i) gamma alpha_p^i (Sun et al. 2020, Sec. 3).
-  sim, pos, neg = _random_similarity(11)
+  sim, labels, ref_labels = _random_similarity(11)
+  pos = labels[:, None] == ref_labels[None, :]
+  neg = ~pos
   gamma, m = 8.0, 0.25
   want = np.zeros_like(sim)
   for a in range(sim.shape[0]):
@@ -444,9 +457,8 @@ def test_circle_gradient_is_the_papers_with_constant_weights():
       if pos[a, j]:
         want[a, j] = -sig * math.exp(lp[j]) / np.exp(lp).sum() * gamma * (1 + m - s)
   with jax.enable_x64(True):
-    got = jax.grad(
-      lambda s: circle_from_similarity(s, pos, neg, margin=m, gamma=gamma).sum()
-    )(jnp.asarray(sim))
+    circle = _on_similarity(circle_loss, sim, labels, ref_labels, margin=m, gamma=gamma)
+    got = jax.grad(lambda s: circle(s).sum())(jnp.asarray(sim))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 
@@ -454,7 +466,9 @@ def test_multi_similarity_gradient_is_the_papers_pair_weights():
   # Wang et al. 2019, eqs. for w+ and w-: dL/dS_ij = -w+_ij on positives and w-_ij
   # on negatives, w+ = 1 / (e^{a(S_ij - l)} + sum_{k in P} e^{a(S_ij - S_ik)}),
   # w- = 1 / (e^{b(l - S_ij)} + sum_{k in N} e^{b(S_ik - S_ij)}).
-  sim, pos, neg = _random_similarity(12)
+  sim, labels, ref_labels = _random_similarity(12)
+  pos = labels[:, None] == ref_labels[None, :]
+  neg = ~pos
   al, be, lam = 2.0, 10.0, 0.5
   want = np.zeros_like(sim)
   for a in range(sim.shape[0]):
@@ -467,11 +481,10 @@ def test_multi_similarity_gradient_is_the_papers_pair_weights():
       if neg[a, j]:
         want[a, j] = 1 / (math.exp(be * (lam - s)) + np.exp(be * (N - s)).sum())
   with jax.enable_x64(True):
-    got = jax.grad(
-      lambda s: multi_similarity_from_similarity(
-        s, pos, neg, alpha=al, beta=be, base=lam
-      ).sum()
-    )(jnp.asarray(sim))
+    ms = _on_similarity(
+      multi_similarity_loss, sim, labels, ref_labels, alpha=al, beta=be, base=lam
+    )
+    got = jax.grad(lambda s: ms(s).sum())(jnp.asarray(sim))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 

@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
+from metriclearn import losses
 from metriclearn.losses import proxy
 
 # ----------------------------------------------------------------------------------
@@ -343,12 +344,12 @@ def test_soft_triple_regularizer_and_reduction():
 def test_init_proxies():
   # an "rbg" key: threefry keys cost ~3 s of XLA compilation per shape on CPU
   key = jax.random.key(0, impl="rbg")
-  p = proxy.init_proxies(key, 100, 64)
+  p = losses.init_proxies(key, 100, 64)
   assert p.shape == (100, 64) and p.dtype == jnp.float32
   np.testing.assert_allclose(jnp.linalg.norm(p, axis=1).mean(), 1.0, atol=0.05)
-  assert proxy.init_proxies(key, 5, 8, num_centers=3).shape == (5, 3, 8)
+  assert losses.init_proxies(key, 5, 8, num_centers=3).shape == (5, 3, 8)
   with pytest.raises(ValueError, match="num_centers"):
-    proxy.init_proxies(key, 5, 8, num_centers=0)
+    losses.init_proxies(key, 5, 8, num_centers=0)
 
 
 def test_errors_name_the_argument():

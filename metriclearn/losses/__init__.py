@@ -12,10 +12,16 @@
   softmax, ProxyNCA(++), ProxyAnchor, SoftTriple, softmax cross-entropy baseline.
 
 Batch-form losses take ``(embeddings [n, d], labels [n], *, ...)`` and return one value
-per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`.
+per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`. Each in-batch loss is
+written once and runs dense (``block_size=None``, the default) or blockwise
+(``block_size=`` an int: memory n x block, the same values and gradients;
+``ring=True``: candidates passed around the devices of ``axis_name``). A new in-batch
+loss is a few :class:`Pass` es run by :func:`pair_statistics` on a
+:class:`metriclearn.pairs.Relation`.
 """
 
-from metriclearn.losses import blockwise
+from metriclearn.initializers import init_proxies
+from metriclearn.losses._engine import Block, Pass, pair_statistics
 from metriclearn.losses.pair import (
   CONTRASTIVE_VARIANTS,
   contrastive_loss,
@@ -35,7 +41,6 @@ from metriclearn.losses.pair_weighting import (
 from metriclearn.losses.proxy import (
   arcface_loss,
   cosface_loss,
-  init_proxies,
   normalized_softmax_loss,
   proxy_anchor_loss,
   proxy_nca_loss,
@@ -60,6 +65,9 @@ from metriclearn.losses.triplet import (
 )
 
 __all__ = [
+  "Block",
+  "Pass",
+  "pair_statistics",
   "CONTRASTIVE_VARIANTS",
   "arcface_loss",
   "cosface_loss",
@@ -74,7 +82,6 @@ __all__ = [
   "batch_all_triplet_loss",
   "batch_contrastive_loss",
   "batch_hard_triplet_loss",
-  "blockwise",
   "circle_loss",
   "contrastive_loss",
   "contrastive_pair_losses",

@@ -4,19 +4,11 @@ In Wang et al. 2019's *general pair weighting* view, these losses differ only in
 they weight the gradient of each positive and negative pair of an anchor: contrastive
 (equal weights), multi-similarity, circle, lifted structure and the margin loss.
 
-Each loss is two layers:
-
-* a *formula* (``*_from_distance`` / ``*_from_similarity``): a function of an [n, m]
-  distance or similarity matrix and boolean [n, m] positive / negative masks, returning
-  [n] per-anchor values; it never looks at labels, devices or padding, and it reduces
-  over candidates only through sums, means and log-sum-exps, so a blockwise
-  (memory-bounded) version can reuse it;
-* the batch-form loss, ``loss(embeddings, labels, *, ...) -> [n]``, which validates the
-  arguments and builds the masks with :func:`metriclearn.losses._batch.prepare`
-  (``ref_embeddings`` / ``ref_labels``, ``positive_mask``, ``label_comparison``,
-  ``mask`` — e.g. a miner's output — and ``axis_name``), then applies the formula.
-
-An anchor with nothing valid gets 0 and a zero gradient. Reduce with
+Each loss is written once, as the passes of the losses' engine (per-pair terms of a
+similarity or distance block, reduced over candidates by sums and log-sum-exps) and
+their per-anchor combination, and runs dense (``block_size=None``) or blockwise
+(``block_size=`` an int, ``ring=True`` across devices) with the same values and
+gradients. An anchor with nothing valid gets 0 and a zero gradient. Reduce with
 :mod:`metriclearn.reduce`, e.g. ``reduce.mean_over_valid(losses)``.
 """
 
@@ -28,51 +20,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metriclearn import _checks, distances, masks, reduce
-from metriclearn.losses import _batch
+from metriclearn import _checks, distances, pairs
+from metriclearn.losses import _engine
+from metriclearn.losses._engine import Block, Pass
 from metriclearn.losses.pair import contrastive_from_distance
 
-# ----------------------------------------------------------------------------------
-# Helpers
+__all__ = [
+  "anchor_beta",
+  "batch_contrastive_loss",
+  "circle_loss",
+  "contrastive_pair_losses",
+  "lifted_structure_loss",
+  "margin_loss",
+  "multi_similarity_loss",
+]
+
+_batch_loss = pairs.batch_form(executor=True)
 
 
-def _has(mask: jax.Array) -> jax.Array:
-  """[n] bool: the anchor has at least one selected candidate."""
-  return jnp.any(mask, axis=1)
-
-
-def _log1p_sum_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
-  r"""[n] :math:`\log(1 + \sum_{j \in mask} e^{x_j})` per row: a log-sum-exp with an
-  extra 0 term, stable for any ``x``; exactly 0 (zero gradient) on an empty row."""
-  has = _has(mask)
-  lse = reduce.masked_logsumexp(x, mask, axis=1)
-  return jnp.where(has, jax.nn.softplus(jnp.where(has, lse, 0.0)), 0.0)
-
-
-def _finite_lse(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-row masked log-sum-exp, and whether the row has entries. Empty rows hold 0."""
-  has = _has(mask)
-  return jnp.where(has, reduce.masked_logsumexp(x, mask, axis=1), 0.0), has
-
-
-def _batch_distance(batch: _batch.Batch, distance) -> jax.Array:
-  return distances.get_pairwise_distance(distance)(batch.anchors, batch.candidates)
+def _consts(rel: pairs.Relation, *values) -> tuple[jax.Array, ...]:
+  return tuple(jnp.asarray(v).astype(rel.anchors.dtype) for v in values)
 
 
 # ----------------------------------------------------------------------------------
 # Contrastive over all pairs
 
 
+_CONTRASTIVE_OPTIONS = ("margin", "pos_margin", "pos_weight", "neg_weight")
+
+
+def _contrastive_terms(powers: tuple[float, float]):
+  def terms(b: Block):
+    per_pair = contrastive_from_distance(
+      b.s,
+      b.positive,
+      **dict(zip(_CONTRASTIVE_OPTIONS, b.consts, strict=True)),
+      pos_power=powers[0],
+      neg_power=powers[1],
+    )
+    valid = b.positive | b.negative
+    return [(per_pair, valid), (_engine.ones(b), valid)]
+
+  return terms
+
+
+@pairs.batch_form
 def contrastive_pair_losses(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   margin: float = 1.0,
   pos_margin: float = 0.0,
   distance: str | distances.DistanceFn = "euclidean",
@@ -83,26 +78,23 @@ def contrastive_pair_losses(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The contrastive loss of every (anchor, candidate) pair, with the pair masks.
 
-  Same arguments as :func:`batch_contrastive_loss`. Use it for reductions over pairs
-  rather than anchors (see there).
+  The options of :func:`batch_contrastive_loss`; for reductions over pairs rather than
+  anchors (see there). Dense: it returns the [n, M] matrices.
+
+  Args:
+    {relation}
+    margin, pos_margin, distance, pos_power, neg_power, pos_weight, neg_weight: as in
+      :func:`batch_contrastive_loss`.
 
   Returns:
-    ``(losses [n, m], positive [n, m] bool, negative [n, m] bool)``; entries outside
+    ``(losses [n, M], positive [n, M] bool, negative [n, M] bool)``; entries outside
     ``positive | negative`` are not pairs and must be ignored.
   """
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
+  p = pairs.dense(rel)
+  dist = distances.get_pairwise_distance(distance)(p.anchors, p.candidates)
   losses = contrastive_from_distance(
-    _batch_distance(batch, distance),
-    batch.positive,
+    dist,
+    p.positive,
     margin=margin,
     pos_margin=pos_margin,
     pos_power=pos_power,
@@ -110,19 +102,13 @@ def contrastive_pair_losses(
     pos_weight=pos_weight,
     neg_weight=neg_weight,
   )
-  return losses, batch.positive, batch.negative
+  return losses, p.positive, p.negative
 
 
+@_batch_loss
 def batch_contrastive_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   margin: float = 1.0,
   pos_margin: float = 0.0,
   distance: str | distances.DistanceFn = "euclidean",
@@ -146,7 +132,7 @@ def batch_contrastive_loss(
   pair by pair. A positive or a negative pair alone is valid: only an anchor with no
   pair at all (padding, or alone in the batch) gets 0.
 
-  pytorch-metric-learning's ``ContrastiveLoss`` (``AvgNonZeroReducer``: the mean over
+  pytorch-metric-learning's ``ContrastiveLoss()`` (``AvgNonZeroReducer``: the mean over
   the positive pairs with a non-zero loss plus the same over the negative pairs, on
   L2-normalised embeddings) is::
 
@@ -155,14 +141,7 @@ def batch_contrastive_loss(
     loss = reduce.mean_over_nonzero(losses, pos) + reduce.mean_over_nonzero(losses, neg)
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings, ref_labels: optional [m, d] candidates and their [m] labels.
-    positive_mask: optional [n, m] bool relation replacing label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output); other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
+    {relation}
     margin: m >= 0, beyond which a negative pair costs nothing.
     pos_margin: m+ >= 0, within which a positive pair costs nothing.
     distance: 'euclidean' (default), 'squared_euclidean', 'cosine' or a callable
@@ -182,61 +161,59 @@ def batch_contrastive_loss(
     Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping.
     CVPR 2006.
   """
-  losses, pos, neg = contrastive_pair_losses(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-    margin=margin,
-    pos_margin=pos_margin,
-    distance=distance,
+  options = (margin, pos_margin, pos_weight, neg_weight)
+  # The options' checks, once, on their Python values.
+  contrastive_from_distance(
+    jnp.zeros(()),
+    jnp.zeros((), bool),
+    **dict(zip(_CONTRASTIVE_OPTIONS, options, strict=True)),
     pos_power=pos_power,
     neg_power=neg_power,
-    pos_weight=pos_weight,
-    neg_weight=neg_weight,
   )
-  return reduce.masked_mean(losses, pos | neg, axis=1)
+  ((total, count),) = _engine.pair_statistics(
+    rel,
+    (Pass(_contrastive_terms((pos_power, neg_power)), ("sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    consts=_consts(rel, *options),
+  )
+  return _engine.mean(total, count)
 
 
 # ----------------------------------------------------------------------------------
 # Multi-similarity
 
 
-def multi_similarity_from_similarity(
-  sim: jax.Array,
-  positive: jax.Array,
-  negative: jax.Array,
-  *,
-  alpha: float = 2.0,
-  beta: float = 50.0,
-  base: float = 0.5,
-) -> jax.Array:
-  r"""The multi-similarity formula on an [n, m] similarity matrix (see
-  :func:`multi_similarity_loss`); 0 for an anchor without a positive or a negative."""
-  pos_term = _log1p_sum_exp(-alpha * (sim - base), positive) / alpha
-  neg_term = _log1p_sum_exp(beta * (sim - base), negative) / beta
-  valid = _has(positive) & _has(negative)
-  return jnp.where(valid, pos_term + neg_term, 0.0)
+def _ms_thresholds(b: Block):
+  return [(b.s, b.positive), (b.s, b.negative)]
 
 
+def _ms_terms(mining: bool):
+  def terms(b: Block):
+    alpha, beta, base, epsilon = b.consts
+    pos, neg = b.positive, b.negative
+    if mining:  # Wang et al.'s eqs. 8-9 with the thresholds of the first pass
+      least_pos, most_neg = b.prev
+      pos = pos & (b.s - epsilon < most_neg[:, None])
+      neg = neg & (b.s + epsilon > least_pos[:, None])
+    return [
+      (-alpha * (b.s - base), pos),
+      (beta * (b.s - base), neg),
+      (_engine.ones(b), pos),
+      (_engine.ones(b), neg),
+    ]
+
+  return terms
+
+
+@_batch_loss
 def multi_similarity_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   alpha: float = 2.0,
   beta: float = 50.0,
   base: float = 0.5,
   similarity: str | distances.DistanceFn = "cosine",
+  mining_epsilon: float | None = None,
 ) -> jax.Array:
   r"""Multi-similarity loss (Wang et al. 2019), one value per anchor.
 
@@ -250,20 +227,23 @@ def multi_similarity_loss(
   log-sum-exp with a 0 term, finite for any similarity. As in the authors' code, an
   anchor needs at least one positive and one negative, else its loss is 0.
 
-  The paper's pair *mining* step (keep negatives with :math:`S_{aq} > \min_p S_{ap}
-  - \epsilon` and positives with :math:`S_{ap} < \max_q S_{aq} + \epsilon`) is a
-  separate miner in :mod:`metriclearn.miners`; pass its output as ``mask``.
+  The paper's pair mining (keep negatives with :math:`S_{aq} > \min_p S_{ap} -
+  \epsilon` and positives with :math:`S_{ap} < \max_q S_{aq} + \epsilon`) is done
+  inside with ``mining_epsilon`` (a first pass finds each anchor's least similar
+  positive and most similar negative): the same value as
+  ``mask=miners.multi_similarity_miner(..., epsilon=...)`` without the [n, m] mask.
+  pytorch-metric-learning's ``MultiSimilarityLoss()`` with its
+  ``MultiSimilarityMiner(0.1)`` is ``losses.mean()`` with ``mining_epsilon=0.1``
+  (alpha 2, beta 50, base 0.5).
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: as
-      in :func:`batch_contrastive_loss`.
+    {relation}
     alpha: scale of the positive term, > 0 (paper: 2).
     beta: scale of the negative term, > 0 (paper: 50).
     base: the similarity offset lambda (0.5, as in the authors' code and
       pytorch-metric-learning).
     similarity: 'cosine' (default), 'dot' or a callable ``(a, b) -> [n, m]``.
+    mining_epsilon: None (no mining) or the mining margin epsilon >= 0 (paper: 0.1).
 
   Returns:
     [n] per-anchor losses.
@@ -279,64 +259,53 @@ def multi_similarity_loss(
   """
   _checks.check_positive(alpha, "alpha")
   _checks.check_positive(beta, "beta")
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  mining = mining_epsilon is not None
+  if mining:
+    _checks.check_non_negative(mining_epsilon, "mining_epsilon")
+  consts = _consts(rel, alpha, beta, base, mining_epsilon if mining else 0.0)
+  passes = (Pass(_ms_terms(mining), ("lse", "lse", "sum", "sum")),)
+  if mining:
+    passes = (Pass(_ms_thresholds, ("min", "max")),) + passes
+  *thresholds, (lse_p, lse_n, n_pos, n_neg) = _engine.pair_statistics(
+    rel, passes, distances.get_pairwise_similarity(similarity), consts=consts
   )
-  return multi_similarity_from_similarity(
-    _batch.similarity_matrix(batch, similarity),
-    batch.positive,
-    batch.negative,
-    alpha=alpha,
-    beta=beta,
-    base=base,
+  alpha, beta = consts[:2]
+  loss = (
+    _engine.log1p_exp(lse_p, n_pos) / alpha + _engine.log1p_exp(lse_n, n_neg) / beta
   )
+  loss = jnp.where(_engine.active(n_pos, n_neg), loss, 0.0)
+  if mining:  # a NaN threshold selects nothing: say so rather than give 0
+    least_pos, most_neg = thresholds[0]
+    loss = jnp.where(jnp.isnan(least_pos) | jnp.isnan(most_neg), jnp.nan, loss)
+  return loss
 
 
 # ----------------------------------------------------------------------------------
 # Circle
 
 
-def circle_from_similarity(
-  sim: jax.Array,
-  positive: jax.Array,
-  negative: jax.Array,
-  *,
-  margin: float = 0.4,
-  gamma: float = 80.0,
-  detach_weights: bool = True,
-) -> jax.Array:
-  r"""The circle formula on an [n, m] similarity matrix (see :func:`circle_loss`);
-  0 for an anchor without a positive or a negative."""
-  alpha_p = jax.nn.relu(1.0 + margin - sim)  # [O_p - s_p]_+, O_p = 1 + m
-  alpha_n = jax.nn.relu(sim + margin)  # [s_n - O_n]_+, O_n = -m
-  if detach_weights:
-    alpha_p = jax.lax.stop_gradient(alpha_p)
-    alpha_n = jax.lax.stop_gradient(alpha_n)
-  logit_p = -gamma * alpha_p * (sim - (1.0 - margin))  # Delta_p = 1 - m
-  logit_n = gamma * alpha_n * (sim - margin)  # Delta_n = m
-  lse_p, has_p = _finite_lse(logit_p, positive)
-  lse_n, has_n = _finite_lse(logit_n, negative)
-  valid = has_p & has_n
-  return jnp.where(valid, jax.nn.softplus(lse_p + lse_n), 0.0)
+def _circle_terms(detach: bool):
+  def terms(b: Block):
+    margin, gamma = b.consts
+    alpha_p = jax.nn.relu(1.0 + margin - b.s)  # [O_p - s_p]_+, O_p = 1 + m
+    alpha_n = jax.nn.relu(b.s + margin)  # [s_n - O_n]_+, O_n = -m
+    if detach:
+      alpha_p = jax.lax.stop_gradient(alpha_p)
+      alpha_n = jax.lax.stop_gradient(alpha_n)
+    return [
+      (-gamma * alpha_p * (b.s - (1.0 - margin)), b.positive),  # Delta_p = 1 - m
+      (gamma * alpha_n * (b.s - margin), b.negative),  # Delta_n = m
+      (_engine.ones(b), b.positive),
+      (_engine.ones(b), b.negative),
+    ]
+
+  return terms
 
 
+@_batch_loss
 def circle_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   margin: float = 0.4,
   gamma: float = 80.0,
   similarity: str | distances.DistanceFn = "cosine",
@@ -356,14 +325,12 @@ def circle_loss(
   differentiates through them). An anchor without a positive or a negative gets 0.
 
   Defaults are the paper's setting for pair-wise labels (fine-grained retrieval,
-  also pytorch-metric-learning's): ``margin=0.4, gamma=80``. Its face-recognition
-  setting (class-level labels) is ``margin=0.25, gamma=256``.
+  also pytorch-metric-learning's ``CircleLoss()``, whose value is ``losses.mean()``
+  over anchors that have both kinds of pair): ``margin=0.4, gamma=80``. Its
+  face-recognition setting (class-level labels) is ``margin=0.25, gamma=256``.
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: as
-      in :func:`batch_contrastive_loss`.
+    {relation}
     margin: the relaxation m >= 0.
     gamma: the scale factor > 0.
     similarity: 'cosine' (default), 'dot' or a callable ``(a, b) -> [n, m]``.
@@ -384,86 +351,49 @@ def circle_loss(
   """
   _checks.check_non_negative(margin, "margin")
   _checks.check_positive(gamma, "gamma")
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  ((lse_p, lse_n, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_circle_terms(detach_weights), ("lse", "lse", "sum", "sum")),),
+    distances.get_pairwise_similarity(similarity),
+    consts=_consts(rel, margin, gamma),
   )
-  return circle_from_similarity(
-    _batch.similarity_matrix(batch, similarity),
-    batch.positive,
-    batch.negative,
-    margin=margin,
-    gamma=gamma,
-    detach_weights=detach_weights,
-  )
+  return jnp.where(_engine.active(n_pos, n_neg), jax.nn.softplus(lse_p + lse_n), 0.0)
 
 
 # ----------------------------------------------------------------------------------
 # Lifted structure
 
 
-def lifted_structure_from_distance(
-  dist: jax.Array,
-  positive: jax.Array,
-  negative: jax.Array,
-  *,
-  margin: float = 1.0,
-) -> jax.Array:
-  r"""Hermans et al.'s generalized lifted structure on an [n, m] distance matrix (see
-  :func:`lifted_structure_loss`); 0 for an anchor without a positive or a negative."""
-  lse_p, has_p = _finite_lse(dist, positive)
-  lse_n, has_n = _finite_lse(margin - dist, negative)
-  return jnp.where(has_p & has_n, jax.nn.relu(lse_p + lse_n), 0.0)
+def _lifted_terms(b: Block):
+  margin = b.consts
+  return [
+    (b.s, b.positive),
+    (margin - b.s, b.negative),
+    (_engine.ones(b), b.positive),
+    (_engine.ones(b), b.negative),
+  ]
 
 
-def lifted_negative_log_sum_exp(
-  dist: jax.Array, negative: jax.Array, *, margin: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
-  r"""Per anchor :math:`\log \sum_{q \in N_a} e^{m - D_{aq}}` ([n], 0 where there is
-  no negative) and whether the anchor has a negative ([n] bool): the anchor's share
-  of Song et al.'s lifted structure."""
-  return _finite_lse(margin - dist, negative)
+def _song_negative_terms(b: Block):
+  return [(b.consts - b.s, b.negative), (_engine.ones(b), b.negative)]
 
 
-def song_lifted_structure_from_distance(
-  dist: jax.Array,
-  positive: jax.Array,
-  anchor_lse: jax.Array,
-  anchor_has: jax.Array,
-  candidate_lse: jax.Array,
-  candidate_has: jax.Array,
-) -> jax.Array:
-  r"""Song et al.'s lifted structure per anchor, given each side's negative term.
-
-  ``anchor_lse`` / ``anchor_has`` [n] and ``candidate_lse`` / ``candidate_has`` [m]
-  come from :func:`lifted_negative_log_sum_exp` of the anchors' rows and of the
-  candidates' own rows. Returns the mean over the anchor's valid positive pairs of
-  :math:`\tfrac12 [J_{ap}]_+^2`, 0 where there is none.
-  """
-  low = jnp.finfo(dist.dtype).min  # finite stand-in for log(0)
-  a = jnp.where(anchor_has, anchor_lse, low)[:, None]
-  b = jnp.where(candidate_has, candidate_lse, low)[None, :]
-  valid = positive & (anchor_has[:, None] | candidate_has[None, :])
-  j = jnp.where(valid, jnp.logaddexp(a, b) + dist, 0.0)
-  return reduce.masked_mean(0.5 * jnp.square(jax.nn.relu(j)), valid, axis=1)
+def _song_terms(b: Block):
+  """Song et al.'s pair term, given each side's negative log-sum-exp (aux)."""
+  low = jnp.finfo(b.s.dtype).min  # a finite stand-in for log(0)
+  a_lse, a_has = b.a_aux
+  c_lse, c_has = b.c_aux
+  a = jnp.where(a_has > 0, a_lse, low)[:, None]
+  c = jnp.where(c_has > 0, c_lse, low)[None, :]
+  valid = b.positive & ((a_has > 0)[:, None] | (c_has > 0)[None, :])
+  j = jnp.where(valid, jnp.logaddexp(a, c) + b.s, 0.0)
+  return [(0.5 * jnp.square(jax.nn.relu(j)), valid), (_engine.ones(b), valid)]
 
 
+@_batch_loss
 def lifted_structure_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   margin: float = 1.0,
   form: Literal["generalized", "song2016"] = "generalized",
   distance: str | distances.DistanceFn = "euclidean",
@@ -488,19 +418,18 @@ def lifted_structure_loss(
   :math:`\frac{1}{2|\hat P|} \sum_{(i,j) \in \hat P} [J_{ij}]_+^2` when every anchor
   has as many positives (m-per-class batches); weight anchors by ``|P_a|`` otherwise.
   The positive's negatives :math:`N_p` are its own row of the negative mask, so this
-  form needs the candidates to be the anchors (no ``ref_embeddings``); with
-  ``axis_name`` each device's terms are gathered.
+  form needs the candidates to be the anchors (no ``ref_embeddings``); it takes two
+  passes (each row's negative term travels with it as a per-candidate statistic).
 
   :math:`D` = ``distance`` (Euclidean, not squared, in both papers). Log-sum-exps
   keep it finite for any distance. An anchor without a positive or without a
   negative (in either form: on either side of the pair) gets 0.
+  pytorch-metric-learning's ``GeneralizedLiftedStructureLoss(neg_margin=m)`` is the
+  generalized form's ``losses.mean()`` (``margin=m``).
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: as
-      in :func:`batch_contrastive_loss`.
-    margin: m >= 0 (alpha = 1 in Song et al.).
+    {relation}
+    margin: m >= 0.
     form: 'generalized' (Hermans et al. 2017) or 'song2016'.
     distance: 'euclidean' (default), 'squared_euclidean', 'cosine' or a callable.
 
@@ -520,60 +449,38 @@ def lifted_structure_loss(
   _checks.check_non_negative(margin, "margin")
   if form not in ("generalized", "song2016"):
     raise ValueError(f"form must be 'generalized' or 'song2016', got {form!r}.")
-  if form == "song2016" and ref_embeddings is not None:
+  if form == "song2016" and not rel.self_pairs:
     raise ValueError(
       "form='song2016' needs each positive's own negatives, so the candidates must "
       "be the anchors: ref_embeddings is not supported with it."
     )
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
-  dist = _batch_distance(batch, distance)
+  sim_fn = distances.get_pairwise_distance(distance)
+  (margin,) = _consts(rel, margin)
   if form == "generalized":
-    return lifted_structure_from_distance(
-      dist, batch.positive, batch.negative, margin=margin
+    ((lse_p, lse_n, n_pos, n_neg),) = _engine.pair_statistics(
+      rel,
+      (Pass(_lifted_terms, ("lse", "lse", "sum", "sum")),),
+      sim_fn,
+      consts=margin,
     )
-  lse, has = lifted_negative_log_sum_exp(dist, batch.negative, margin=margin)
-  return song_lifted_structure_from_distance(
-    dist,
-    batch.positive,
-    lse,
-    has,
-    _batch.gather(lse, axis_name),
-    _batch.gather(has, axis_name),
+    return jnp.where(_engine.active(n_pos, n_neg), jax.nn.relu(lse_p + lse_n), 0.0)
+  ((lse, has),) = _engine.pair_statistics(
+    rel, (Pass(_song_negative_terms, ("lse", "sum")),), sim_fn, consts=margin
   )
+  side = (lse, (has > 0).astype(lse.dtype))
+  ((total, count),) = _engine.pair_statistics(
+    rel,
+    (Pass(_song_terms, ("sum", "sum")),),
+    sim_fn,
+    consts=margin,
+    anchor_aux=side,
+    candidate_aux=side,
+  )
+  return _engine.mean(total, count)
 
 
 # ----------------------------------------------------------------------------------
 # Margin loss
-
-
-def margin_from_distance(
-  dist: jax.Array,
-  positive: jax.Array,
-  negative: jax.Array,
-  beta: jax.Array,
-  *,
-  margin: float = 0.2,
-  nu: float = 0.0,
-) -> jax.Array:
-  r"""The margin-loss formula on an [n, m] distance matrix with a per-anchor boundary
-  ``beta`` [n] (see :func:`margin_loss`); 0 for an anchor without a positive or a
-  negative."""
-  b = beta[:, None]
-  pair = jnp.where(
-    positive, jax.nn.relu(margin + dist - b), jax.nn.relu(margin - dist + b)
-  )
-  valid = _has(positive) & _has(negative)
-  per_anchor = reduce.masked_mean(pair, positive | negative, axis=1) + nu * beta
-  return jnp.where(valid, per_anchor, 0.0)
 
 
 def anchor_beta(beta: jax.Array, labels: jax.Array, n: int) -> jax.Array:
@@ -595,17 +502,26 @@ def anchor_beta(beta: jax.Array, labels: jax.Array, n: int) -> jax.Array:
   return jnp.take(beta, jnp.maximum(labels, 0), mode="clip")
 
 
+def _margin_terms(b: Block):
+  margin = b.consts
+  beta = b.a_aux[:, None]
+  per_pair = jnp.where(
+    b.positive, jax.nn.relu(margin + b.s - beta), jax.nn.relu(margin - b.s + beta)
+  )
+  valid = b.positive | b.negative
+  return [
+    (per_pair, valid),
+    (_engine.ones(b), valid),
+    (_engine.ones(b), b.positive),
+    (_engine.ones(b), b.negative),
+  ]
+
+
+@_batch_loss
 def margin_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   beta: jax.Array | float = 1.2,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   margin: float = 0.2,
   nu: float = 0.0,
   normalize: bool = True,
@@ -626,16 +542,13 @@ def margin_loss(
   :math:`\beta^{(0)}` yourself to combine them). The paper's regulariser
   :math:`\nu \beta_{c(a)}` is added to the loss of every pair of the anchor; the
   authors' code adds it once per sampled triplet (two pairs) and divides by the number
-  of non-zero pairs, so its ``nu`` is not directly comparable.
-  As in the paper (pairs drawn for anchors that have both), an anchor without a
-  positive or a negative gets 0. Pass distance-weighted sampling's output as ``mask``.
+  of non-zero pairs, so its ``nu`` is not directly comparable. As in the paper (pairs
+  drawn for anchors that have both), an anchor without a positive or a negative gets
+  0. Pass distance-weighted sampling's output as ``mask``.
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding (< C with a per-class beta).
-    beta: scalar or [C] boundary, >= 0 (a learned parameter).
-    ref_embeddings, ref_labels, positive_mask, label_comparison, mask, axis_name: as
-      in :func:`batch_contrastive_loss`.
+    {relation}
+    beta: scalar or [C] boundary, >= 0 (a learned parameter; labels must be < C).
     margin: alpha >= 0, the half-width of the band around beta.
     nu: the regularisation weight on beta, >= 0 (default 0, as in
       pytorch-metric-learning and the authors' code).
@@ -664,29 +577,19 @@ def margin_loss(
       f"{tuple(beta.shape)}."
     )
   _checks.check_non_negative(beta, "beta")
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
-  anchors, candidates = batch.anchors, batch.candidates
   if normalize:
-    anchors, candidates = (
-      distances.l2_normalize(anchors),
-      distances.l2_normalize(candidates),
+    rel = rel._replace(
+      anchors=distances.l2_normalize(rel.anchors),
+      candidates=distances.l2_normalize(rel.candidates),
     )
-  dist = distances.get_pairwise_distance(distance)(anchors, candidates)
-  beta_of_anchor = anchor_beta(beta, batch.anchor_labels, anchors.shape[0])
-  return margin_from_distance(
-    dist,
-    batch.positive,
-    batch.negative,
-    beta_of_anchor.astype(dist.dtype),
-    margin=margin,
-    nu=nu,
+  dtype = rel.anchors.dtype
+  beta_of_anchor = anchor_beta(beta, rel.labels, rel.anchors.shape[0]).astype(dtype)
+  ((total, count, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_margin_terms, ("sum", "sum", "sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    consts=jnp.asarray(margin).astype(dtype),
+    anchor_aux=beta_of_anchor,
   )
+  loss = _engine.mean(total, count) + nu * beta_of_anchor
+  return jnp.where(_engine.active(n_pos, n_neg), loss, 0.0)

@@ -1,14 +1,14 @@
 """Softmax and cross-entropy batch losses: N-pair, NT-Xent / InfoNCE, SupCon, soft
 nearest neighbour, and the sigmoid (SigLIP) pairwise loss.
 
-Every loss is in batch form: ``loss(embeddings [n, d], labels [n], ...) -> [n]``, one
-value per anchor, 0 where the anchor has nothing valid (see ``losses._batch.prepare``
+Every loss is in batch form, ``loss(embeddings [n, d], labels [n], ...) -> [n]``, one
+value per anchor, 0 where the anchor has nothing valid (see :mod:`metriclearn.pairs`
 for ``ref_embeddings``, ``positive_mask``, ``label_comparison``, ``mask`` and
-``axis_name``). Each loss is split in two: the masking (``prepare`` and a similarity or
-distance matrix) and the formula, a ``*_from_logits(logits, positive, negative) -> [n]``
-function of an ``[n, m]`` logit matrix and the boolean pair masks, which blockwise
-(memory-bounded) versions can reuse. Sums of exponentials go through
-``reduce.masked_logsumexp``, so the losses stay finite for any embedding norm.
+``axis_name``). Each is written once, as the passes of :mod:`metriclearn.losses`'s
+engine and their per-anchor combination, and runs dense (``block_size=None``) or
+blockwise (``block_size=`` an int, ``ring=True`` across devices) with the same values
+and gradients. Sums of exponentials are log-sum-exps with a running maximum, so the
+losses stay finite for any embedding norm.
 """
 
 from __future__ import annotations
@@ -18,127 +18,55 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from metriclearn import _checks, distances, masks, reduce
-from metriclearn.losses import _batch
+from metriclearn import _checks, distances, pairs
+from metriclearn.losses import _engine
+from metriclearn.losses._engine import Block, Pass
 
-# ----------------------------------------------------------------------------------
-# Formulas: functions of an [n, m] logit matrix and [n, m] boolean pair masks.
+__all__ = [
+  "infonce_loss",
+  "npair_loss",
+  "ntxent_loss",
+  "sigmoid_pairwise_loss",
+  "soft_nearest_neighbor_loss",
+  "supcon_loss",
+]
 
-
-def _where_any(mask: jax.Array, x: jax.Array) -> jax.Array:
-  """``x`` where a row of ``mask`` has an entry, else 0 (value and gradient)."""
-  return jnp.where(jnp.any(mask, axis=-1), x, 0.0)
-
-
-def _safe_lse(logits: jax.Array, mask: jax.Array) -> jax.Array:
-  """Row-wise masked log-sum-exp, 0 (not -inf) for empty rows."""
-  return _where_any(mask, reduce.masked_logsumexp(logits, mask, axis=-1))
-
-
-def ntxent_from_logits(
-  logits: jax.Array, positive: jax.Array, negative: jax.Array
-) -> jax.Array:
-  r"""Per-anchor NT-Xent / InfoNCE from logits (the formula of :func:`ntxent_loss`).
-
-  .. math::
-    \ell_i = \frac{1}{|P_i|} \sum_{p \in P_i}
-      \log\Big(1 + \sum_{q \in N_i} e^{l_{iq} - l_{ip}}\Big)
-
-  Args:
-    logits: [n, m] logits (similarity / temperature).
-    positive: [n, m] bool, the positive pairs :math:`P_i`.
-    negative: [n, m] bool, the negative pairs :math:`N_i`.
-
-  Returns:
-    [n] losses; 0 for anchors without a positive or without a negative.
-  """
-  has_neg = jnp.any(negative, axis=-1, keepdims=True)
-  neg_lse = jnp.where(
-    has_neg, reduce.masked_logsumexp(logits, negative, axis=-1, keepdims=True), 0.0
-  )
-  # -log(e^a / (e^a + e^B)) = log(1 + e^(B - a)) = softplus(B - a)
-  per_pair = jnp.where(has_neg, jax.nn.softplus(neg_lse - logits), 0.0)
-  return reduce.masked_mean(per_pair, positive, axis=-1)
+_batch_loss = pairs.batch_form(executor=True)
 
 
-def supcon_from_logits(
-  logits: jax.Array, positive: jax.Array, negative: jax.Array
-) -> jax.Array:
-  r"""Per-anchor SupCon :math:`\mathcal{L}^{out}` from logits (see :func:`supcon_loss`).
-
-  .. math::
-    \ell_i = \log \sum_{a \in P_i \cup N_i} e^{l_{ia}}
-      - \frac{1}{|P_i|} \sum_{p \in P_i} l_{ip}
-
-  Returns:
-    [n] losses; 0 for anchors without a positive or without a negative.
-  """
-  active = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
-  lse = _safe_lse(logits, positive | negative)
-  return jnp.where(active, lse - reduce.masked_mean(logits, positive, axis=-1), 0.0)
-
-
-def soft_nearest_neighbor_from_logits(
-  logits: jax.Array, positive: jax.Array, negative: jax.Array
-) -> jax.Array:
-  r"""Per-anchor soft nearest neighbour loss from logits :math:`l = -D / T`.
-
-  .. math::
-    \ell_i = \log \sum_{a \in P_i \cup N_i} e^{l_{ia}}
-      - \log \sum_{p \in P_i} e^{l_{ip}}
-
-  Returns:
-    [n] losses; 0 for anchors without a positive or without a negative.
-  """
-  active = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)
-  lse_all = _safe_lse(logits, positive | negative)
-  return jnp.where(active, lse_all - _safe_lse(logits, positive), 0.0)
-
-
-def sigmoid_pairwise_from_logits(
-  logits: jax.Array, positive: jax.Array, negative: jax.Array
-) -> jax.Array:
-  r"""Per-anchor sigmoid pairwise loss from logits :math:`l = t s + b`.
-
-  .. math::
-    \ell_i = \sum_{j \in P_i} \log(1 + e^{-l_{ij}})
-      + \sum_{j \in N_i} \log(1 + e^{l_{ij}})
-
-  Returns:
-    [n] losses; 0 for anchors without any valid pair.
-  """
-  per_pair = jax.nn.softplus(jnp.where(positive, -logits, logits))
-  return reduce.masked_sum(per_pair, positive | negative, axis=-1)
+def _similarity(rel: pairs.Relation, similarity) -> tuple[Any, Any]:
+  return distances.get_pairwise_similarity(similarity), rel.anchors.dtype
 
 
 # ----------------------------------------------------------------------------------
-# Shared argument handling.
+# NT-Xent / InfoNCE
 
 
-def _scalar(value: Any, name: str, dtype, *, positive: bool = False) -> jax.Array:
-  """A scalar (possibly learnable) parameter, checked while it is still concrete."""
-  if positive:
-    _checks.check_positive(value, name)
-  x = _checks.as_float(value, name)
-  if x.shape != ():
-    raise ValueError(f"{name} must be a scalar, got shape {tuple(x.shape)}.")
-  return x.astype(dtype)
+def _ntxent_negatives(b: Block):
+  logits = b.s / b.params
+  return [(logits, b.negative), (_engine.ones(b), b.negative)]
 
 
-# ----------------------------------------------------------------------------------
-# Losses.
+def _ntxent_positives(b: Block):
+  neg_lse, neg_count = b.prev
+  pos = b.positive & (neg_count > 0)[:, None]
+  x = neg_lse[:, None] - b.s / b.params
+  # -log(e^a / (e^a + e^B)) = softplus(B - a), written so that its derivative reuses
+  # exp(-|x|)
+  per_pair = jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return [(per_pair, pos), (_engine.ones(b), pos)]
 
 
+_NTXENT = (
+  Pass(_ntxent_negatives, ("lse", "sum")),
+  Pass(_ntxent_positives, ("sum", "sum"), prev_grad=(0,), positive_only=True),
+)
+
+
+@_batch_loss
 def ntxent_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   temperature: float | jax.Array = 0.1,
   similarity: str | distances.DistanceFn = "cosine",
 ) -> jax.Array:
@@ -154,24 +82,19 @@ def ntxent_loss(
   with :math:`s` = ``similarity`` (cosine by default), :math:`\tau` = ``temperature``,
   :math:`P_i`, :math:`N_i` the anchor's positive and negative candidates. With one
   positive per anchor (SimCLR's 2N views, labels = the image index) this is SimCLR's
-  NT-Xent exactly and ``losses.mean()`` is its loss; with several positives it is
-  pytorch-metric-learning's ``NTXentLoss`` per anchor (that library averages over
-  positive pairs instead: weight each anchor by its number of positives to get it).
-  An anchor without a positive or without a negative gets 0.
+  NT-Xent exactly and ``losses.mean()`` is its loss. An anchor without a positive or
+  without a negative gets 0. Blockwise, two sweeps: each anchor's negative
+  log-sum-exp, then its positive pairs.
+
+  pytorch-metric-learning's ``NTXentLoss(temperature=t)`` averages over positive
+  pairs instead of anchors: ``sum(losses * n_pos) / sum(n_pos)`` with ``n_pos`` the
+  anchors' positive counts gives its value (``temperature=t``, cosine).
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
-    ref_labels: [m] integer labels of ``ref_embeddings``.
-    positive_mask: optional [n, m] bool relation that replaces label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
-    temperature: :math:`\tau > 0`, a number or a scalar array (may be learned).
-      Default 0.1, SimCLR's ImageNet setting (its CIFAR-10 setting is 0.5; MoCo and
-      pytorch-metric-learning use 0.07).
+    {relation}
+    temperature: :math:`\tau > 0`, a number or a scalar array (may be learned; a
+      traced value is not checked). Default 0.1, SimCLR's ImageNet setting (CIFAR-10:
+      0.5; MoCo and pytorch-metric-learning: 0.07).
     similarity: 'cosine' (default, SimCLR's normalized embeddings), 'dot', or a
       callable ``(a [n, d], b [m, d]) -> [n, m]``.
 
@@ -182,40 +105,48 @@ def ntxent_loss(
   >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   >>> ntxent_loss(e, jnp.array([0, 0, 1]), temperature=1.0)  # log(1 + e^-1)
   Array([0.31326..., 0.31326..., 0.        ], dtype=float32)
+  >>> ntxent_loss(e, jnp.array([0, 0, 1]), temperature=1.0, block_size=2)
+  Array([0.31326..., 0.31326..., 0.        ], dtype=float32)
 
   References:
     Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of
     Visual Representations. ICML 2020. van den Oord, Li, Vinyals. Representation
     Learning with Contrastive Predictive Coding. arXiv:1807.03748, 2018.
   """
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
-  )
-  sim = _batch.similarity_matrix(batch, similarity)
-  tau = _scalar(temperature, "temperature", sim.dtype, positive=True)
-  return ntxent_from_logits(sim / tau, batch.positive, batch.negative)
+  sim_fn, dtype = _similarity(rel, similarity)
+  tau = _checks.scalar(temperature, "temperature", dtype, positive=True)
+  _, (total, count) = _engine.pair_statistics(rel, _NTXENT, sim_fn, params=tau)
+  return _engine.mean(total, count)
 
 
 infonce_loss = ntxent_loss
 
 
+# ----------------------------------------------------------------------------------
+# SupCon and the soft nearest neighbour loss: a log-sum-exp over every valid pair.
+
+
+def _all_pairs_terms(sign: float):
+  """Logits ``sign * s / t`` over every valid pair and over the positives, and the
+  pair counts: SupCon (similarities, sign 1) and the soft nearest neighbour loss
+  (distances, sign -1)."""
+
+  def terms(b: Block):
+    logits = sign * b.s / b.params
+    return [
+      (logits, b.positive | b.negative),
+      (logits, b.positive),
+      (_engine.ones(b), b.positive),
+      (_engine.ones(b), b.negative),
+    ]
+
+  return terms
+
+
+@_batch_loss
 def supcon_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   temperature: float | jax.Array = 0.1,
   similarity: str | distances.DistanceFn = "cosine",
 ) -> jax.Array:
@@ -224,27 +155,22 @@ def supcon_loss(
   .. math::
     \ell_i = -\frac{1}{|P_i|} \sum_{p \in P_i}
       \log \frac{e^{s_{ip}/\tau}}{\sum_{a \in P_i \cup N_i} e^{s_{ia}/\tau}}
+    = \log \sum_{a \in P_i \cup N_i} e^{s_{ia}/\tau}
+      - \frac{1}{|P_i|} \sum_{p \in P_i} s_{ip}/\tau
 
   The denominator runs over every valid candidate other than the anchor itself
   (positives included, unlike :func:`ntxent_loss`). An anchor without a positive or
-  without a negative gets 0: with positives only, the formula's value (at least
-  :math:`\log |P_i|`) has no contrast in it (pytorch-metric-learning's ``SupConLoss``
-  likewise returns 0 when the batch has no negative pair). The paper's loss is
-  ``losses.sum() / n`` over the 2N augmented views (the official code averages over all
-  anchors, those without a positive counting 0).
+  without a negative gets 0: with positives only the formula (at least
+  :math:`\log |P_i|`) has no contrast in it. The paper's loss is ``losses.sum() / n``
+  over the 2N augmented views (the official code averages over all anchors, those
+  without a positive counting 0). pytorch-metric-learning's ``SupConLoss(temperature=
+  t)`` is ``losses.mean()`` over anchors that have a positive and a negative, with
+  ``temperature=t``.
 
   Args:
-    embeddings: [n, d] anchors (every augmented view is a row).
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
-    ref_labels: [m] integer labels of ``ref_embeddings``.
-    positive_mask: optional [n, m] bool relation that replaces label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
-    temperature: :math:`\tau > 0`, a number or a scalar array. Default 0.1, the
-      paper's value (the reference code's class default is 0.07).
+    {relation}
+    temperature: :math:`\tau > 0`, a number or a scalar array (a traced value is not
+      checked). Default 0.1, the paper's value (its code's class default is 0.07).
     similarity: 'cosine' (default: the paper normalizes the projections), 'dot', or a
       callable.
 
@@ -259,31 +185,23 @@ def supcon_loss(
   References:
     Khosla et al. Supervised Contrastive Learning. NeurIPS 2020.
   """
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  sim_fn, dtype = _similarity(rel, similarity)
+  tau = _checks.scalar(temperature, "temperature", dtype, positive=True)
+  ((lse, pos_sum, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_all_pairs_terms(1.0), ("lse", "sum", "sum", "sum")),),
+    sim_fn,
+    params=tau,
   )
-  sim = _batch.similarity_matrix(batch, similarity)
-  tau = _scalar(temperature, "temperature", sim.dtype, positive=True)
-  return supcon_from_logits(sim / tau, batch.positive, batch.negative)
+  return jnp.where(
+    _engine.active(n_pos, n_neg), lse - _engine.mean(pos_sum, n_pos), 0.0
+  )
 
 
+@_batch_loss
 def soft_nearest_neighbor_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   temperature: float | jax.Array = 1.0,
   distance: str | distances.DistanceFn = "squared_euclidean",
 ) -> jax.Array:
@@ -299,17 +217,9 @@ def soft_nearest_neighbor_loss(
   it is 0) gets 0.
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
-    ref_labels: [m] integer labels of ``ref_embeddings``.
-    positive_mask: optional [n, m] bool relation that replaces label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
+    {relation}
     temperature: :math:`T > 0`, a number or a scalar array (the paper optimizes it;
-      pass ``jnp.exp(log_t)`` to learn it). Default 1.
+      pass ``jnp.exp(log_t)`` to learn it; a traced value is not checked). Default 1.
     distance: 'squared_euclidean' (default), 'euclidean', 'cosine', or a callable.
 
   Returns:
@@ -324,33 +234,33 @@ def soft_nearest_neighbor_loss(
     Frosst, Papernot, Hinton. Analyzing and Improving Representations with the Soft
     Nearest Neighbor Loss. ICML 2019.
   """
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  t = _checks.scalar(temperature, "temperature", rel.anchors.dtype, positive=True)
+  ((lse_all, lse_pos, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_all_pairs_terms(-1.0), ("lse", "lse", "sum", "sum")),),
+    distances.get_pairwise_distance(distance),
+    params=t,
   )
-  dist = distances.get_pairwise_distance(distance)(batch.anchors, batch.candidates)
-  t = _scalar(temperature, "temperature", dist.dtype, positive=True)
-  return soft_nearest_neighbor_from_logits(-dist / t, batch.positive, batch.negative)
+  return jnp.where(_engine.active(n_pos, n_neg), lse_all - lse_pos, 0.0)
 
 
+# ----------------------------------------------------------------------------------
+# Sigmoid (SigLIP): every pair an independent binary decision.
+
+
+def _sigmoid_terms(b: Block):
+  scale, bias = b.params
+  logits = scale * b.s + bias
+  per_pair = jax.nn.softplus(jnp.where(b.positive, -logits, logits))
+  return [(per_pair, b.positive | b.negative)]
+
+
+@_batch_loss
 def sigmoid_pairwise_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   scale: jax.Array,
   bias: jax.Array,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   similarity: str | distances.DistanceFn = "cosine",
 ) -> jax.Array:
   r"""Sigmoid pairwise loss (SigLIP), every pair an independent binary decision.
@@ -360,29 +270,19 @@ def sigmoid_pairwise_loss(
     \qquad z_{ij} = +1 \text{ for } j \in P_i, \; -1 \text{ for } j \in N_i
 
   with :math:`s` = ``similarity`` (cosine), :math:`t` = ``scale`` and :math:`b` =
-  ``bias``. Any number of positives per anchor is allowed. Unlike the softmax losses,
-  an anchor with negatives only (or positives only) still has a loss: every valid pair
-  is a labelled example. Only anchors without any valid candidate get 0.
-
-  The per-anchor value is the paper's inner sum over candidates; SigLIP's loss,
-  normalized by the batch size, is ``losses.mean()`` when every anchor is real (with
-  padding rows: ``losses.sum()`` over the number of real anchors). SigLIP itself
-  compares images (``embeddings``) with texts (``ref_embeddings``), labels
-  ``arange(n)`` for both.
+  ``bias``. Unlike the softmax losses, an anchor with negatives only (or positives
+  only) still has a loss: every valid pair is a labelled example; only anchors
+  without any valid candidate get 0. SigLIP's loss, normalized by the batch size, is
+  ``losses.mean()`` when every anchor is real (with padding rows: ``losses.sum()``
+  over the number of real anchors). SigLIP compares images (``embeddings``) with texts
+  (``ref_embeddings``), labels ``arange(n)`` for both.
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    scale: scalar :math:`t > 0`, learned as ``t = exp(t')`` with :math:`t'` initialised
-      to :math:`\log 10` (the paper calls it the temperature; it multiplies).
+    {relation}
+    scale: scalar :math:`t > 0`, learned as ``t = exp(t')`` with :math:`t'`
+      initialised to :math:`\log 10` (the paper calls it the temperature; it
+      multiplies).
     bias: scalar :math:`b`, learned, initialised to -10 in the paper.
-    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
-    ref_labels: [m] integer labels of ``ref_embeddings``.
-    positive_mask: optional [n, m] bool relation that replaces label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
     similarity: 'cosine' (default, the paper's normalized embeddings), 'dot', or a
       callable.
 
@@ -399,81 +299,105 @@ def sigmoid_pairwise_loss(
     Zhai, Mustafa, Kolesnikov, Beyer. Sigmoid Loss for Language Image Pre-Training.
     ICCV 2023.
   """
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  sim_fn, dtype = _similarity(rel, similarity)
+  params = (
+    _checks.scalar(scale, "scale", dtype, positive=True),
+    _checks.scalar(bias, "bias", dtype),
   )
-  sim = _batch.similarity_matrix(batch, similarity)
-  t = _scalar(scale, "scale", sim.dtype, positive=True)
-  b = _scalar(bias, "bias", sim.dtype)
-  return sigmoid_pairwise_from_logits(t * sim + b, batch.positive, batch.negative)
+  ((total,),) = _engine.pair_statistics(
+    rel, (Pass(_sigmoid_terms, ("sum",)),), sim_fn, params=params
+  )
+  return total
 
 
-def npair_pair_masks(
-  batch: _batch.Batch,
-  *,
-  label_comparison: masks.LabelComparison | None = None,
-  by_labels: bool = True,
-  axis_name: str | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """The N-pair selection: one (anchor, positive) pair per class, fixed-shape masks.
-
-  Anchor ``i`` (in the order of the global batch) is used when it has a positive and
-  no earlier anchor that has a positive is of its class; its pair is its first
-  positive candidate. Its negatives are the pairs' positives of the other used anchors
-  (those that are negatives of ``i``). With ``by_labels`` the class relation between
-  anchors is ``label_comparison`` (label equality by default); otherwise (an explicit
-  ``positive_mask``) anchor ``j`` counts as of ``i``'s class when ``j``'s chosen
-  positive is a positive of ``i`` (or is ``i`` itself).
-
-  Returns:
-    ``(pair_positive, pair_negative)``, [n, m] bool each; rows of unused anchors are
-    empty.
-  """
-  n, m = batch.positive.shape
-  pos_all = _batch.gather(batch.positive.astype(jnp.int8), axis_name) > 0  # [N, m]
-  size = pos_all.shape[0]
-  has_pos = jnp.any(pos_all, axis=1)
-  first = jnp.argmax(pos_all, axis=1)  # first positive candidate of every anchor
-  rank = jnp.arange(size, dtype=first.dtype)
-  if by_labels:
-    labels_all = _batch.gather(batch.anchor_labels, axis_name)
-    same = (label_comparison or masks.label_equal)(labels_all, labels_all)
-  else:
-    same = jnp.take(pos_all, first, axis=1)  # [i, j]: j's pair positive is i's positive
-    if batch.self_offset is not None:  # candidates are the anchors: j's pick may be i
-      same |= first[None, :] == rank[:, None]
-  earlier = rank[None, :] < rank[:, None]
-  used = has_pos & ~jnp.any(same & earlier & has_pos[None, :], axis=1)  # [N]
-  picked = jnp.any(
-    (first[:, None] == jnp.arange(m, dtype=first.dtype)[None, :]) & used[:, None],
-    axis=0,
-  )  # [m]: candidates that are some used anchor's pair positive
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
-  rows = jnp.arange(n, dtype=first.dtype) + jnp.asarray(offset, first.dtype)
-  used_here, first_here = used[rows], first[rows]
-  cols = jnp.arange(m, dtype=first.dtype)
-  pair_pos = (cols[None, :] == first_here[:, None]) & used_here[:, None]
-  pair_neg = batch.negative & picked[None, :] & used_here[:, None]
-  return pair_pos, pair_neg
+# ----------------------------------------------------------------------------------
+# N-pair: one (anchor, positive) pair per class, then a softmax over the pairs.
 
 
+def _first_positive_terms(b: Block):
+  return [(jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape), b.positive)]
+
+
+def _earlier_with_positive_terms(b: Block):
+  earlier = (b.c_index[None, :] < b.a_index[:, None]) & (b.c_aux > 0)[None, :]
+  return [(_engine.ones(b), b.positive & earlier)]
+
+
+def _npair_terms(b: Block):
+  first, used = b.a_aux
+  picked, c_sq = b.c_aux
+  used = (used > 0)[:, None]
+  pair_pos = (b.c_index.astype(b.s.dtype)[None, :] == first[:, None]) & used
+  pair_neg = b.negative & (picked > 0)[None, :] & used
+  return [
+    (b.s, pair_pos),
+    (b.s, pair_neg),
+    (_engine.ones(b), pair_neg),
+    (jnp.broadcast_to(c_sq[None, :], b.s.shape), pair_pos),
+    (_engine.ones(b), pair_pos),
+  ]
+
+
+def _npair_selection(rel: pairs.Relation) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Each anchor's first positive candidate (global index), whether the anchor is
+  used (the first of its class to have a positive), and the candidates that are some
+  used anchor's pick (this device's [m])."""
+  idx = _engine.index_dtype()
+  axis_name = rel.axis_name
+  n, m = rel.anchors.shape[0], rel.candidates.shape[0]
+  dtype = rel.anchors.dtype
+  frozen = rel._replace(
+    anchors=jax.lax.stop_gradient(rel.anchors),
+    candidates=jax.lax.stop_gradient(rel.candidates),
+  )
+  ((first,),) = _engine.pair_statistics(
+    frozen, (Pass(_first_positive_terms, ("min",)),), _engine.no_similarity
+  )
+  has_pos = first < jnp.inf
+  first = jnp.where(has_pos, first, 0.0)
+  me = 0 if axis_name is None else jax.lax.axis_index(axis_name).astype(idx)
+  anchor_index = me * n + jnp.arange(n, dtype=idx)
+  if rel.positive_mask is None:  # the first anchor of each class (with a positive)
+    among_anchors = frozen._replace(
+      candidates=frozen.anchors,
+      ref_labels=rel.labels,
+      self_pairs=True,
+      mask=None,
+    )
+    ((earlier,),) = _engine.pair_statistics(
+      among_anchors,
+      (Pass(_earlier_with_positive_terms, ("max",)),),
+      _engine.no_similarity,
+      candidate_aux=has_pos.astype(dtype),
+    )
+    used = has_pos & ~(earlier > 0)
+  else:  # j is of i's class when j's pick is a positive of i (or i itself)
+    p = pairs.dense(rel)
+    first_all = pairs.gather(first, axis_name).astype(idx)
+    has_all = pairs.gather(has_pos, axis_name)
+    same = jnp.take(p.positive, first_all, axis=1)
+    if rel.self_pairs:
+      same |= first_all[None, :] == anchor_index[:, None]
+    rank = jnp.arange(first_all.shape[0], dtype=idx)
+    earlier = rank[None, :] < anchor_index[:, None]
+    used = has_pos & ~jnp.any(same & earlier & has_all[None, :], axis=1)
+  first_all = pairs.gather(first, axis_name).astype(idx)
+  used_all = pairs.gather(used, axis_name)
+  m_all = m * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+  picked = (
+    jnp.zeros((m_all,), bool)
+    .at[jnp.where(used_all, first_all, m_all)]
+    .set(True, mode="drop")
+  )
+  if axis_name is not None:
+    picked = jax.lax.dynamic_slice_in_dim(picked, me * m, m)
+  return first, used, picked
+
+
+@_batch_loss
 def npair_loss(
-  embeddings: jax.Array,
-  labels: jax.Array,
+  rel: pairs.Relation,
   *,
-  ref_embeddings: jax.Array | None = None,
-  ref_labels: jax.Array | None = None,
-  positive_mask: jax.Array | None = None,
-  label_comparison: masks.LabelComparison | None = None,
-  mask: jax.Array | None = None,
-  axis_name: str | None = None,
   l2_reg: float = 0.002,
   similarity: str | distances.DistanceFn = "dot",
 ) -> jax.Array:
@@ -488,29 +412,22 @@ def npair_loss(
 
   with :math:`s` = ``similarity`` (the inner product, as in the paper) and
   :math:`\lambda` = ``l2_reg``. The selection is pytorch-metric-learning's
-  ``NPairsLoss``: of each class, only the first anchor that has a positive is used,
-  paired with its first positive candidate (order of the batch; see
-  :func:`npair_pair_masks`, also for ``positive_mask`` and ``label_comparison``). A
-  batch built as in the paper (labels ``[0, 0, 1, 1, ...]``, or ``embeddings`` the N
-  anchors and ``ref_embeddings`` their N positives, labels ``arange(N)`` for both)
-  gives the paper's loss exactly, as ``losses.sum()`` over the number of used anchors.
-  Negatives respect ``mask``; unused anchors, and anchors whose pair has no negative,
-  get 0 (the penalty included).
+  ``NPairsLoss``: of each class, only the first anchor (in the order of the global
+  batch) that has a positive is used, paired with its first positive candidate; its
+  negatives are the pairs' positives of the other used anchors that are its
+  negatives. With an explicit ``positive_mask``, anchor ``j`` counts as of ``i``'s
+  class when ``j``'s pick is a positive of ``i`` (or ``i`` itself); that relation is
+  built dense ([n, M]). A batch built as in the paper (labels ``[0, 0, 1, 1, ...]``)
+  gives the paper's loss as ``losses.sum()`` over the number of used anchors;
+  ``l2_reg=0`` with that reduction is PML's ``NPairsLoss()``. Negatives respect
+  ``mask``; unused anchors, and anchors whose pair has no negative, get 0 (the penalty
+  included).
 
   Args:
-    embeddings: [n, d] anchors.
-    labels: [n] integer labels, -1 for padding.
-    ref_embeddings: optional [m, d] candidates (a memory bank, another view).
-    ref_labels: [m] integer labels of ``ref_embeddings``.
-    positive_mask: optional [n, m] bool relation that replaces label equality.
-    label_comparison: optional ``f(labels, ref_labels) -> [n, m] bool``.
-    mask: optional [n, m] bool (e.g. a miner's output): other pairs take no part.
-    axis_name: inside ``pmap`` / ``shard_map``, compare against every device's
-      candidates.
+    {relation}
     l2_reg: :math:`\lambda \ge 0`, the paper's L2 regularization of the embedding
       vectors, with the weight 0.002 and the 1/4 factor of TensorFlow's
-      ``npairs_loss`` (so the mean over used anchors is that function's value). 0
-      gives pytorch-metric-learning's ``NPairsLoss``.
+      ``npairs_loss`` (so the mean over used anchors is that function's value).
     similarity: 'dot' (default), 'cosine', or a callable.
 
   Returns:
@@ -527,28 +444,18 @@ def npair_loss(
     NeurIPS 2016.
   """
   _checks.check_non_negative(l2_reg, "l2_reg")
-  batch = _batch.prepare(
-    embeddings,
-    labels,
-    ref_embeddings=ref_embeddings,
-    ref_labels=ref_labels,
-    positive_mask=positive_mask,
-    label_comparison=label_comparison,
-    mask=mask,
-    axis_name=axis_name,
+  first, used, picked = _npair_selection(rel)
+  dtype = rel.anchors.dtype
+  c_sq = jnp.sum(jnp.square(rel.candidates), axis=1)
+  ((pos_logit, neg_lse, n_neg, pick_sq, n_pair),) = _engine.pair_statistics(
+    rel,
+    (Pass(_npair_terms, ("sum", "lse", "sum", "sum", "sum")),),
+    distances.get_pairwise_similarity(similarity),
+    anchor_aux=(first, used.astype(dtype)),
+    candidate_aux=(picked.astype(dtype), c_sq),
   )
-  pair_pos, pair_neg = npair_pair_masks(
-    batch,
-    label_comparison=label_comparison,
-    by_labels=positive_mask is None,
-    axis_name=axis_name,
-  )
-  sim = _batch.similarity_matrix(batch, similarity)
-  loss = ntxent_from_logits(sim, pair_pos, pair_neg)
+  loss = jax.nn.softplus(neg_lse - pos_logit)
   if l2_reg:
-    sq_anchor = jnp.sum(jnp.square(batch.anchors), axis=1)
-    sq_cand = jnp.sum(jnp.square(batch.candidates), axis=1)
-    sq_pair = reduce.masked_sum(jnp.broadcast_to(sq_cand, sim.shape), pair_pos, axis=1)
-    loss = loss + 0.25 * l2_reg * (sq_anchor + sq_pair)
-  active = jnp.any(pair_pos, axis=1) & jnp.any(pair_neg, axis=1)
-  return jnp.where(active, loss, 0.0)
+    a_sq = jnp.sum(jnp.square(rel.anchors), axis=1)
+    loss = loss + 0.25 * l2_reg * (a_sq + pick_sq)
+  return jnp.where(_engine.active(n_pair, n_neg), loss, 0.0)
