@@ -1,10 +1,13 @@
 """Data for metric learning: loading, class-disjoint splits, samplers, augmentation.
 
 - Loading into host memory (:class:`ImageDataset`): :func:`load` by name;
-  :func:`load_digits` (bundled with scikit-learn, no download); the original archives
-  with :func:`load_omniglot`, :func:`load_omniglot_runs` (the 20 official one-shot
-  runs) and :func:`load_mnist`; any TFDS image dataset with :func:`load_tfds` or
-  :func:`tfds_source` (``tfds.data_source``, no TensorFlow).
+  :func:`load_digits` (bundled with scikit-learn, no download); Omniglot at 28 x 28
+  from the bundled pack, no download (:func:`load_omniglot_pack`,
+  :func:`load_omniglot_pack_runs`; also ``load("omniglot", split)`` and
+  :func:`load_omniglot` / :func:`load_omniglot_runs` without a path); the original
+  archives with :func:`load_omniglot`, :func:`load_omniglot_runs` (the 20 official
+  one-shot runs) and :func:`load_mnist`; any TFDS image dataset with :func:`load_tfds`
+  or :func:`tfds_source` (``tfds.data_source``, no TensorFlow).
 - Class-disjoint splits: :func:`class_split`, :func:`class_disjoint_indices`.
 - NumPy samplers (seeded, endless, fixed shapes): :func:`balanced_batches` (P x K),
   :func:`pair_batches`, :func:`triplet_batches`; :func:`padded_batches` for evaluation.
@@ -33,6 +36,12 @@ from metriclearn.data.augment import (
 )
 from metriclearn.data.dataset import ImageDataset, default_cache_dir, resize_images
 from metriclearn.data.loaders import load
+from metriclearn.data.pack import (
+  OMNIGLOT_PACK_IMAGE_SIZE,
+  load_omniglot_pack,
+  load_omniglot_pack_runs,
+  omniglot_pack_file,
+)
 from metriclearn.data.prefetch import Prefetcher, prefetch_to_device, shard_batch
 from metriclearn.data.samplers import (
   balanced_batches,
@@ -46,6 +55,7 @@ from metriclearn.data.tfds_data import load_tfds, tfds_source
 __all__ = [
   "KOCH_AFFINE",
   "OMNIGLOT_ALPHABETS",
+  "OMNIGLOT_PACK_IMAGE_SIZE",
   "ImageDataset",
   "OneShotRuns",
   "Prefetcher",
@@ -59,8 +69,11 @@ __all__ = [
   "load_digits",
   "load_mnist",
   "load_omniglot",
+  "load_omniglot_pack",
+  "load_omniglot_pack_runs",
   "load_omniglot_runs",
   "load_tfds",
+  "omniglot_pack_file",
   "padded_batches",
   "pair_batches",
   "prefetch_to_device",

@@ -14,6 +14,10 @@ Omniglot (Lake et al. 2015), from github.com/brendenlake/omniglot (``python/``):
   answer key ``runNN/class_labels.txt`` (lines ``runNN/test/itemTT.png
   runNN/training/classCC.png``).
 
+Without a ``path``, both loaders read the bundled 28 x 28 pack
+(:mod:`metriclearn.data.pack`), which holds exactly what they give here with
+``image_size=28``.
+
 Labels follow TFDS's ``omniglot``: ``label = id - 1`` where ``id`` (0001-1623) is Lake's
 global character number in the file name (background 0..963, evaluation 964..1622);
 ``groups`` is TFDS's ``alphabet`` (the index of the alphabet among the 50 names sorted);
@@ -250,7 +254,7 @@ def _cached(
 
 
 def load_omniglot(
-  path: PathLike,
+  path: PathLike | None = None,
   split: str = "background",
   *,
   image_size: int | None = None,
@@ -261,11 +265,13 @@ def load_omniglot(
 
   Args:
     path: the folder holding ``images_<split>.zip`` (or the extracted
-      ``images_<split>/`` folder), or that zip itself.
+      ``images_<split>/`` folder), or that zip itself. None (the default) reads the
+      bundled 28 x 28 pack instead (:func:`metriclearn.data.load_omniglot_pack`: no
+      files needed; then ``image_size`` must be None or 28, and the cache is unused).
     split: ``"background"`` (alias ``"train"``), ``"evaluation"`` (alias ``"test"``),
       ``"small1"`` or ``"small2"``.
     image_size: resize to ``image_size x image_size`` on load (Lanczos; 28 is common
-      in the few-shot literature); None keeps 105.
+      in the few-shot literature); None keeps 105 (the pack's 28 without ``path``).
     cache: keep the decoded arrays in ``cache_dir`` so the next load takes a fraction
       of a second (the key includes the zip's path, size and modification time; an
       extracted folder is decoded each time).
@@ -280,11 +286,17 @@ def load_omniglot(
   >>> ds = load_omniglot("shared/data/omniglot", image_size=28)  # doctest: +SKIP
   >>> len(ds), ds.num_classes, np.unique(ds.groups).size  # doctest: +SKIP
   (19280, 964, 30)
+  >>> load_omniglot(split="small1").images.shape  # the bundled pack
+  (2720, 28, 28, 1)
 
   References:
     Lake, Salakhutdinov & Tenenbaum, "Human-level concept learning through
     probabilistic program induction", Science 2015.
   """
+  if path is None:
+    from metriclearn.data import pack
+
+    return pack.load_omniglot_pack(split, image_size=image_size)
   if split not in OMNIGLOT_SPLITS:
     raise ValueError(
       f"unknown Omniglot split {split!r}; expected one of {sorted(OMNIGLOT_SPLITS)}."
@@ -336,7 +348,9 @@ def _run_index(name: str, kind: str) -> tuple[int, int]:
   return int(m[1]) - 1, int(m[2]) - 1
 
 
-def load_omniglot_runs(path: PathLike, *, image_size: int | None = None) -> OneShotRuns:
+def load_omniglot_runs(
+  path: PathLike | None = None, *, image_size: int | None = None
+) -> OneShotRuns:
   """The 20 official Omniglot one-shot runs with their answer key.
 
   Each run is a 20-way within-alphabet task on evaluation characters: one training
@@ -344,8 +358,10 @@ def load_omniglot_runs(path: PathLike, *, image_size: int | None = None) -> OneS
 
   Args:
     path: the folder holding ``all_runs.zip`` (or the extracted ``all_runs/``), or the
-      zip itself.
-    image_size: resize as in :func:`load_omniglot`; None keeps 105.
+      zip itself. None (the default) reads the bundled 28 x 28 pack
+      (:func:`metriclearn.data.load_omniglot_pack_runs`; ``image_size`` None or 28).
+    image_size: resize as in :func:`load_omniglot`; None keeps 105 (the pack's 28
+      without ``path``).
 
   Returns:
     :class:`OneShotRuns` (images ink 255 on 0, like :func:`load_omniglot`).
@@ -354,6 +370,10 @@ def load_omniglot_runs(path: PathLike, *, image_size: int | None = None) -> OneS
   >>> runs.train_images.shape, runs.answers[0, :3].tolist()  # doctest: +SKIP
   ((20, 20, 105, 105, 1), [7, 8, 1])
   """
+  if path is None:
+    from metriclearn.data import pack
+
+    return pack.load_omniglot_pack_runs(image_size=image_size)
   url = _OMNIGLOT_URL + "one-shot-classification/all_runs.zip"
   archive = _archive(path, "all_runs", "Omniglot one-shot runs", url)
   with _members(archive) as (names, read):

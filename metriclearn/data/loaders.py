@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from metriclearn.data import archives, tfds_data
+from metriclearn.data import archives, pack, tfds_data
 from metriclearn.data.dataset import ImageDataset, resize_images
 
 PathLike = str | os.PathLike
@@ -31,13 +31,21 @@ def load(
   - ``"digits"``: scikit-learn's bundled 8 x 8 digits (no download, one split
     ``"train"`` of 1,797 images; make class-disjoint splits with
     :func:`metriclearn.data.class_split`).
+  - ``"omniglot"`` with no ``path``, no ``data_dir`` and ``download=False``: the
+    bundled 28 x 28 pack (:func:`~metriclearn.data.load_omniglot_pack`; no files, no
+    network). ``image_size`` None means the pack's 28; any other size raises, saying
+    how to get Lake's archives for ``path``.
   - ``"mnist"`` / ``"omniglot"`` with ``path``: the original archives in the folder
     ``path`` (:func:`~metriclearn.data.load_mnist`,
-    :func:`~metriclearn.data.load_omniglot`; Omniglot splits ``"background"`` =
-    ``"train"``, ``"evaluation"`` = ``"test"``, ``"small1"``, ``"small2"``).
-  - anything else, and mnist / omniglot without ``path``: tensorflow-datasets, read from
-    ``data_dir`` (:func:`~metriclearn.data.load_tfds`; Omniglot's alphabet becomes
-    ``groups``).
+    :func:`~metriclearn.data.load_omniglot`; ``image_size`` None keeps 105). Omniglot
+    splits, here and from the pack: ``"background"`` = ``"train"``, ``"evaluation"``
+    = ``"test"``, ``"small1"``, ``"small2"``. Pack and archives give the same format:
+    uint8 ``[n, s, s, 1]`` with ink 255, labels = Lake's character id - 1, groups =
+    the alphabet.
+  - anything else, mnist without ``path``, and omniglot with ``data_dir`` or
+    ``download=True``: tensorflow-datasets, read from ``data_dir``
+    (:func:`~metriclearn.data.load_tfds`; Omniglot's alphabet becomes ``groups``; its
+    images keep TFDS's format, three channels with background 255).
 
   Args:
     name: the dataset name.
@@ -45,7 +53,8 @@ def load(
     path: the folder with the original archives (mnist, omniglot).
     data_dir: the TFDS data folder.
     download: let TFDS download and prepare (default: never download).
-    image_size: resize to ``image_size x image_size`` on load.
+    image_size: resize to ``image_size x image_size`` on load (Omniglot's pack: None
+      or 28 only).
     cache: cache decoded Omniglot archives (see :func:`load_omniglot`).
     cache_dir: where that cache lives.
 
@@ -55,6 +64,8 @@ def load(
   >>> ds = load("digits")
   >>> len(ds), ds.num_classes
   (1797, 10)
+  >>> load("omniglot", "background").images.shape  # the bundled pack
+  (19280, 28, 28, 1)
   """
   if name == "digits":
     if split != "train" or path is not None:
@@ -75,6 +86,8 @@ def load(
       f"path= reads the original archives of {ARCHIVE_DATASETS} only, not {name!r}; "
       "for TFDS datasets pass data_dir= instead."
     )
+  if name == "omniglot" and data_dir is None and not download:
+    return pack.load_omniglot_pack(split, image_size=image_size)
   return tfds_data.load_tfds(
     name,
     split,
