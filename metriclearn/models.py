@@ -23,16 +23,23 @@ BatchNorm layers take an ``axis_name`` so that under ``pmap``/``shard_map`` the 
 statistics are averaged over every device (exactly the single-device statistics of the
 global batch), and a ``dtype`` for the computation (e.g. ``jnp.bfloat16`` on
 accelerators; parameters stay float32, embeddings come out float32).
+
+A tree of the modules of :data:`REGISTRY` is written as JSON by :func:`describe` and
+rebuilt by :func:`build`, which looks class names up and never imports anything (this
+is how ``metriclearn.inference`` stores a model).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metriclearn import distances
 from metriclearn.initializers import init_proxies
@@ -383,3 +390,118 @@ class Proxies(nn.Module):
         key, self.num_classes, self.dim, num_centers=self.num_centers
       ),
     )
+
+
+# ----------------------------------------------------------------------------------
+# Descriptions: a tree of known modules as JSON, rebuilt from a fixed registry.
+
+#: The classes a description may name: a name is looked up here, never imported.
+REGISTRY: dict[str, type[nn.Module]] = {
+  cls.__name__: cls
+  for cls in (MLPEncoder, ConvEncoder, KochTower, ResNet, EmbeddingHead, Encoder)
+}
+#: The computation dtypes a description may hold (as ``{"dtype": name}``).
+FLOAT_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+
+
+class _NotDescribable(Exception):
+  pass
+
+
+def _fields(cls: type) -> list[str]:
+  return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def _describe_value(value: Any) -> Any:
+  if value is None or isinstance(value, bool | int | str):
+    return value
+  if isinstance(value, float):
+    if not math.isfinite(value):
+      raise _NotDescribable
+    return value
+  if isinstance(value, np.bool_ | np.integer | np.floating):
+    return _describe_value(value.item())
+  if isinstance(value, nn.Module):
+    return _describe_module(value)
+  if isinstance(value, list | tuple):
+    return [_describe_value(v) for v in value]
+  try:
+    name = np.dtype(value).name
+  except TypeError:
+    raise _NotDescribable from None
+  if name not in FLOAT_DTYPES:
+    raise _NotDescribable
+  return {"dtype": name}
+
+
+def _describe_module(module: nn.Module) -> dict[str, Any]:
+  cls = type(module)
+  if REGISTRY.get(cls.__name__) is not cls:
+    raise _NotDescribable
+  fields = {name: _describe_value(getattr(module, name)) for name in _fields(cls)}
+  return {"class": cls.__name__, "fields": fields}
+
+
+def describe(module: nn.Module) -> dict[str, Any] | None:
+  """The JSON description of a tree of :data:`REGISTRY` modules, or None for another.
+
+  A description is ``{"class": name, "fields": {field: value}}``, with every dataclass
+  field of the module but ``parent`` and ``name``; a value is a JSON scalar, a list
+  (rebuilt as a tuple), a nested description or ``{"dtype": "float32"}``. A subclass,
+  a known module around an unknown one, or a value of another kind (a non-finite
+  float, an integer dtype, a function) gives None. :func:`build` rebuilds it.
+
+  >>> describe(EmbeddingHead(4))
+  {'class': 'EmbeddingHead', 'fields': {'dim': 4, 'normalize': True, 'use_bias': True}}
+  >>> model = Encoder(ConvEncoder(filters=8), EmbeddingHead(4))
+  >>> build(describe(model)) == model
+  True
+  """
+  try:
+    return _describe_module(module)
+  except _NotDescribable:
+    return None
+
+
+def _build_value(value: Any) -> Any:
+  if value is None or isinstance(value, bool | int | float | str):
+    return value
+  if isinstance(value, list):
+    return tuple(_build_value(v) for v in value)
+  if isinstance(value, dict) and set(value) == {"dtype"}:
+    if value["dtype"] not in FLOAT_DTYPES:
+      raise ValueError(f"dtype {value['dtype']!r} is not one of {FLOAT_DTYPES}.")
+    return jnp.dtype(value["dtype"])
+  if isinstance(value, dict) and "class" in value:
+    return build(value)
+  raise ValueError(f"model description holds an unknown value {value!r}.")
+
+
+def build(description: Any) -> nn.Module:
+  """Rebuilds a module from its :func:`describe` description; nothing is imported.
+
+  Raises:
+    ValueError: the description is malformed, names a class outside
+      :data:`REGISTRY`, a field the class does not have, or a value it cannot take.
+  """
+  if not isinstance(description, dict) or set(description) != {"class", "fields"}:
+    raise ValueError(
+      f"a model description is {{'class', 'fields'}}, got {description!r}."
+    )
+  name, fields = description["class"], description["fields"]
+  if not isinstance(name, str) or name not in REGISTRY:
+    raise ValueError(
+      f"unknown model class {name!r}: a description may only name "
+      f"{tuple(REGISTRY)} (a name is looked up there, never imported)."
+    )
+  cls = REGISTRY[name]
+  if not isinstance(fields, dict):
+    raise ValueError(f"{name}'s fields must be an object: {fields!r}.")
+  unknown = sorted(set(fields) - set(_fields(cls)))
+  if unknown:
+    raise ValueError(f"{name} has no fields {unknown} (its fields: {_fields(cls)}).")
+  kwargs = {key: _build_value(value) for key, value in fields.items()}
+  try:
+    return cls(**kwargs)
+  except TypeError as e:
+    raise ValueError(f"cannot rebuild {name}: {e}") from e
