@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from metriclearn import _files, data, distances, evaluation, models
 
@@ -105,7 +106,7 @@ def _written_by() -> dict[str, str]:
   return {"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__}
 
 
-def _build(description: Any, file: os.PathLike | str) -> nn.Module:
+def _build(description: Any, file: os.PathLike | str) -> nn.Module | nnx.Module:
   """:func:`metriclearn.models.build`, its ``ValueError`` naming ``file``."""
   try:
     return models.build(description)
@@ -180,20 +181,6 @@ def _preprocess(x: jax.Array, steps: Sequence[Mapping[str, Any]]) -> jax.Array:
 # Export and load.
 
 
-def _as_variables(variables: Any) -> Mapping[str, Any]:
-  if isinstance(variables, Mapping):
-    return variables
-  if hasattr(variables, "params"):  # a TrainState: the encoder's part only
-    out = {"params": variables.params}
-    if getattr(variables, "batch_stats", None):
-      out["batch_stats"] = variables.batch_stats
-    return out
-  raise TypeError(
-    "variables must be the model's variables ({'params': ..., 'batch_stats': ...}) "
-    f"or a TrainState, got {type(variables).__name__}."
-  )
-
-
 def _input_spec(input_shape: Any, input_dtype: Any) -> tuple[tuple[int, ...], str]:
   try:
     shape = tuple(int(s) for s in input_shape)
@@ -212,8 +199,9 @@ def _input_spec(input_shape: Any, input_dtype: Any) -> tuple[tuple[int, ...], st
   return shape, dtype
 
 
-def _abstract(model: nn.Module, shape, dtype, steps) -> tuple[Any, Any]:
+def _abstract(model: Any, shape, dtype, steps) -> tuple[Any, Any]:
   """Shapes of the variables ``model.init`` makes, and of the output on one example."""
+  model = models.as_linen(model)  # an NNX module through the Linen convention
   x = jax.ShapeDtypeStruct((1, *shape), np.dtype(dtype))
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
@@ -230,8 +218,8 @@ def _abstract(model: nn.Module, shape, dtype, steps) -> tuple[Any, Any]:
 
 def export_encoder(
   path: os.PathLike | str,
-  model: nn.Module,
-  variables: Any,
+  model: nn.Module | nnx.Module,
+  variables: Any = None,
   *,
   input_shape: Sequence[int],
   input_dtype: Any = "uint8",
@@ -256,8 +244,10 @@ def export_encoder(
 
   A model built from :data:`MODULES` (e.g. ``Encoder(ConvEncoder(),
   EmbeddingHead(64))``) is described in the manifest and rebuilt from it; any other
-  Flax Linen module (called as ``model.apply(variables, x, train=False)``) is exported
-  too, and loaded with ``load_encoder(path, model=...)``. Before writing, the variables
+  Flax Linen module (called as ``model.apply(variables, x, train=False)``) or
+  ``flax.nnx.Module`` (``model(x)`` in ``eval()`` mode; its ``params`` and
+  ``batch_stats`` as ``metriclearn.models.as_linen`` names them) is exported too, and
+  loaded with ``load_encoder(path, model=...)``. Before writing, the variables
   are checked against ``model.init`` on one example of ``input_shape`` and the output
   must be ``[n, d]``.
 
@@ -266,7 +256,7 @@ def export_encoder(
     model: the encoder module.
     variables: its variables (``{"params": ..., "batch_stats": ...}``) or a
       ``metriclearn.training.TrainState`` (only ``params`` and ``batch_stats`` are
-      taken).
+      taken); None for an NNX module's own.
     input_shape: one example's shape as ``embed`` will receive it, e.g. ``(28, 28, 1)``.
     input_dtype: the dtype ``embed`` receives (default ``uint8``, as metriclearn's
       datasets). Integer images must come in exactly this dtype; floating ones are
@@ -291,7 +281,7 @@ def export_encoder(
   >>> encoder.embed(np.ones((3, 6), np.float32)).shape
   (3, 4)
   """
-  variables = _as_variables(variables)
+  variables = models.as_variables(variables, model)
   shape, dtype = _input_spec(input_shape, input_dtype)
   steps = _check_steps(preprocessing)
   flat = {
@@ -335,7 +325,8 @@ class LoadedEncoder:
   """An encoder read back from a folder; made by :func:`load_encoder`.
 
   Attributes:
-    model: the Flax module (rebuilt from the manifest, or the one given).
+    model: the Flax module (rebuilt from the manifest, or the one given; an NNX
+      one is a new module holding the loaded variables, in ``eval()`` mode).
     variables: ``{"params": ..., "batch_stats": ...}`` on the default device.
     manifest: the folder's manifest as a dict.
     embedding_dim: d, the size of an embedding.
@@ -344,9 +335,12 @@ class LoadedEncoder:
     preprocessing: the stored preprocessing steps.
   """
 
-  def __init__(self, model: nn.Module, variables: Any, manifest: Mapping[str, Any]):
-    self.model = model
-    self.variables = jax.device_put(variables)
+  def __init__(self, model: Any, variables: Any, manifest: Mapping[str, Any]):
+    self.model, self.variables = model, jax.device_put(variables)
+    if isinstance(model, nnx.Module):
+      self.model = models.with_variables(model, self.variables)
+      self.model.eval()
+    view = models.as_linen(self.model)
     self.manifest = dict(manifest)
     self.input_shape = tuple(manifest["input"]["shape"])
     self.input_dtype = manifest["input"]["dtype"]
@@ -355,7 +349,7 @@ class LoadedEncoder:
     steps = [dict(step) for step in self.preprocessing]
 
     def forward(variables, x):
-      y = model.apply(variables, _preprocess(x, steps), train=False)
+      y = view.apply(variables, _preprocess(x, steps), train=False)
       return y.astype(jnp.float32)
 
     self._forward = jax.jit(forward)
@@ -422,7 +416,7 @@ class LoadedEncoder:
 
 
 def load_encoder(
-  path: os.PathLike | str, *, model: nn.Module | None = None
+  path: os.PathLike | str, *, model: nn.Module | nnx.Module | None = None
 ) -> LoadedEncoder:
   """Reads an encoder written by :func:`export_encoder`.
 
@@ -434,7 +428,8 @@ def load_encoder(
     path: the export folder.
     model: the module to load the variables into, for a model metriclearn does not
       know (the manifest's ``model`` is null); when given it replaces the stored
-      description.
+      description. An NNX module (e.g. a new instance of the exported class) is not
+      changed: the encoder's ``model`` is a copy holding the loaded variables.
 
   Returns:
     A :class:`LoadedEncoder`.
@@ -465,8 +460,8 @@ def load_encoder(
         f"({manifest['model_class']}); pass load_encoder(path, model=<that module>)."
       )
     model = _build(manifest["model"], file)
-  elif not isinstance(model, nn.Module):
-    raise TypeError(f"model must be a Flax Linen module, got {type(model).__name__}.")
+  elif not isinstance(model, nn.Module | nnx.Module):
+    raise TypeError(f"model must be a Flax Linen or NNX module, got {type(model)}.")
   flat = _files.read_arrays(folder, manifest, ENCODER_FOLDER)
   try:
     abstract, out = _abstract(model, shape, dtype, steps)

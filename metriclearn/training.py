@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax import serialization, struct
+from flax import nnx, serialization, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metriclearn import pairs, reduce
+from metriclearn import models, pairs, reduce
 from metriclearn.data.prefetch import shard_batch
 
 Batch = Mapping[str, Any]
@@ -146,7 +146,7 @@ class TrainState(struct.PyTreeNode):
 
 def create_train_state(
   rng: jax.Array,
-  model: nn.Module,
+  model: nn.Module | nnx.Module,
   tx: optax.GradientTransformation,
   example_input: jax.Array,
   *,
@@ -158,8 +158,12 @@ def create_train_state(
   Args:
     rng: a PRNG key (``jax.random.PRNGKey(seed)`` or ``jax.random.key(seed)``); the
       run is a function of it.
-    model: a Flax module called as ``model.apply(variables, x, train=bool)`` that
-      returns [n, d] embeddings.
+    model: a Flax Linen module called as ``model.apply(variables, x, train=bool)``
+      that returns [n, d] embeddings, or a ``flax.nnx.Module`` called as ``model(x)``
+      (through ``metriclearn.models.as_linen``: its ``nnx.Param`` and
+      ``nnx.BatchStat`` values become ``params`` and ``batch_stats``, as nested
+      dicts; it is initialised already, so ``rng`` seeds only the steps, e.g. its
+      dropout). ``models.with_variables(model, state)`` gives the trained NNX module.
     tx: an Optax optimizer; it updates the encoder and ``loss_params`` together.
     example_input: [n, ...] inputs of the shape the step will see (any n).
     loss_params: the loss's learnable arrays by keyword name, e.g. ``{"proxies":
@@ -169,11 +173,14 @@ def create_train_state(
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a typed key (jax.random.key):
     rng = jax.random.key_data(rng)  # keep its raw bits, which checkpoints can hold
   init_rng, rng = jax.random.split(rng)
+  model = models.as_linen(model)  # an NNX module through the Linen convention
   try:
     hash(model)
     init = functools.partial(_init_variables, model=model)  # compiled once per model
   except TypeError:  # e.g. a module with a list attribute: compile for this call
     init = jax.jit(functools.partial(_init_variables.__wrapped__, model=model))
+  if isinstance(model, models.NNXAdapter):  # made with its variables: copy, no jit
+    init = model.init
   variables = init(init_rng, example_input)
   params = variables["params"]
   loss_params = {
@@ -235,7 +242,7 @@ def _reduce(values, valid, reduction, axis_name):
 
 
 def make_train_step(
-  model: nn.Module,
+  model: nn.Module | nnx.Module,
   loss: Callable[..., jax.Array],
   *,
   kind: str = "batch",
@@ -268,8 +275,10 @@ def make_train_step(
   gradient), and the global batch is enqueued afterwards.
 
   Args:
-    model: the encoder, ``model.apply(variables, x, train=True)`` -> [n, d]. For exact
-      multi-device BatchNorm give its BatchNorm layers the same ``axis_name``.
+    model: the encoder, ``model.apply(variables, x, train=True)`` -> [n, d], or a
+      ``flax.nnx.Module`` (run in ``train()`` mode; its RNG streams re-keyed from the
+      step's key, see ``metriclearn.models.NNXAdapter``). For exact multi-device
+      BatchNorm give its BatchNorm layers the same ``axis_name``.
     loss: any metriclearn loss of the given kind.
     kind: 'batch', 'proxy', 'pair' or 'triplet' (see the table).
     reduction: 'mean' over valid examples (label != -1), 'nonzero' (mean over the
@@ -299,6 +308,7 @@ def make_train_step(
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
   if reduction not in REDUCTIONS:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+  model = models.as_linen(model)  # an NNX module through the Linen convention
 
   def per_example(emb, targets, loss_params, memory):
     n = emb.shape[0] // len(INPUT_KEYS[kind])
@@ -408,8 +418,12 @@ def make_train_step(
   return step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Array]:
-  """A jitted ``eval_step(state, x) -> [n, d]`` embeddings in evaluation mode."""
+def make_eval_step(
+  model: nn.Module | nnx.Module,
+) -> Callable[[TrainState, jax.Array], jax.Array]:
+  """A jitted ``eval_step(state, x) -> [n, d]`` embeddings in evaluation mode (an NNX
+  module in ``eval()`` mode)."""
+  model = models.as_linen(model)
 
   @jax.jit
   def eval_step(state: TrainState, x: jax.Array) -> jax.Array:

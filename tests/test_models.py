@@ -1,5 +1,6 @@
 """Encoders, heads, the siamese twin and the proxies module: shapes, parameter counts
-from the papers' architectures, BatchNorm behaviour, shared weights, jit, devices."""
+from the papers' architectures, BatchNorm behaviour, shared weights, jit, devices, and
+independent NumPy forward passes of a Conv-4 block and a ResNet basic block."""
 
 import functools
 import math
@@ -245,3 +246,139 @@ def test_proxies_module_is_learned_with_the_encoder():
   grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x, y)))(params)
   assert float(jnp.abs(grads.pop("Proxies_0")["proxies"]).sum()) > 0
   assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0  # encoder
+
+
+# ----------------------------------------------------------------------------------
+# Independent NumPy forward passes (float64 loops and einsum) of a Conv-4 block and a
+# ResNet basic block, with set weights: a missing or misplaced nonlinearity, norm,
+# pooling or skip connection changes the output.
+
+
+def np_conv(x, kernel, bias=None, *, stride=1, padding="SAME"):
+  """Cross-correlation of [N, H, W, C] with [kh, kw, C, F], as ``lax.conv``:
+  ``padding`` 'SAME' (output ceil(H / stride), the odd pixel of padding after) or an
+  int on every side."""
+
+  def pads(size, k):
+    if padding == "SAME":
+      total = max((-(-size // stride) - 1) * stride + k - size, 0)
+      return total // 2, total - total // 2
+    return padding, padding
+
+  kh, kw, _, f = kernel.shape
+  xp = np.pad(x, ((0, 0), pads(x.shape[1], kh), pads(x.shape[2], kw), (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+  out = np.zeros((x.shape[0], ho, wo, f))
+  for i in range(kh):
+    for j in range(kw):
+      window = xp[:, i : i + stride * (ho - 1) + 1 : stride]
+      window = window[:, :, j : j + stride * (wo - 1) + 1 : stride]
+      out += np.einsum("nhwc,cf->nhwf", window, kernel[i, j])
+  return out if bias is None else out + bias
+
+
+def np_batch_norm(x, params, stats, *, train=False, eps=1e-5, momentum=0.9):
+  """BatchNorm over N, H, W: the given statistics, or (train) the batch's biased
+  ones, which also update the running averages (returned as the second value)."""
+  if train:
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    new = {
+      "mean": momentum * stats["mean"] + (1 - momentum) * mean,
+      "var": momentum * stats["var"] + (1 - momentum) * var,
+    }
+  else:
+    mean, var, new = stats["mean"], stats["var"], stats
+  return (x - mean) / np.sqrt(var + eps) * params["scale"] + params["bias"], new
+
+
+def np_relu(x):
+  return np.maximum(x, 0.0)
+
+
+def np_max_pool(x):
+  """2 x 2 windows, stride 2, no padding (an odd last row or column is dropped)."""
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def set_weights(module, x, seed):
+  """Random values for every variable (variances in [0.5, 2]), as float64 NumPy."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, KEY, x)
+
+  def value(path, leaf):
+    if path[-1].key == "var":
+      return rng.uniform(0.5, 2.0, leaf.shape)
+    return rng.normal(0.0, 0.5 if path[-1].key == "kernel" else 1.0, leaf.shape)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def f32(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_conv4_blocks_equal_a_numpy_forward_pass(train):
+  """Two blocks of [Conv 3x3 SAME with bias, BatchNorm, ReLU, MaxPool 2x2] on 7x7
+  images: 7 -> 7 -> 3 (the pool drops the last row and column) -> 3 -> 1."""
+  module = models.ConvEncoder(filters=3, num_blocks=2)
+  x = np.random.default_rng(0).normal(size=(4, 7, 7, 2))
+  variables = set_weights(module, x, seed=1)
+  p, s = variables["params"], variables["batch_stats"]
+
+  def reference(relu=True):
+    h, stats = x, {}
+    for i in range(2):
+      h = np_conv(h, p[f"Conv_{i}"]["kernel"], p[f"Conv_{i}"]["bias"])
+      name = f"BatchNorm_{i}"
+      h, stats[name] = np_batch_norm(h, p[name], s[name], train=train)
+      h = np_max_pool(np_relu(h) if relu else h)
+    return h.reshape(len(h), -1), stats
+
+  kw = dict(train=True, mutable=["batch_stats"]) if train else {}
+  out = jax.jit(functools.partial(module.apply, **kw))(f32(variables), f32(x))
+  got, updates = out if train else (out, None)
+  want, want_stats = reference()
+  assert got.shape == (4, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if train:
+    for name, stats in want_stats.items():
+      for key in ("mean", "var"):
+        np.testing.assert_allclose(
+          updates["batch_stats"][name][key], stats[key], rtol=1e-5, atol=1e-6
+        )
+  assert not np.allclose(reference(relu=False)[0], want, atol=1e-2)  # ReLU matters
+
+
+@pytest.mark.parametrize(
+  "c_in, strides", [(4, 1), (2, 2)], ids=["identity", "projection"]
+)
+def test_resnet_basic_block_equals_a_numpy_forward_pass(c_in, strides):
+  """ResidualBlock(4): relu(BN(conv3x3(relu(BN(conv3x3/s(x))))) + shortcut(x)), the
+  shortcut x itself, or BN(conv1x1/s(x)) when the shape changes (convs without bias,
+  padding 1; on 6x6 with stride 2 both branches give 3x3)."""
+  block = models.ResidualBlock(4, strides=strides)
+  x = np.random.default_rng(2).normal(size=(2, 6, 6, c_in))
+  variables = set_weights(block, x, seed=3)
+  p, s = variables["params"], variables["batch_stats"]
+  projected = c_in != 4 or strides != 1
+  assert ("Conv_2" in p) == projected
+  assert all("bias" not in p[f"Conv_{i}"] for i in range(2 + projected))
+
+  def norm(h, i):
+    return np_batch_norm(h, p[f"BatchNorm_{i}"], s[f"BatchNorm_{i}"])[0]
+
+  def reference(skip=True):
+    y = norm(np_conv(x, p["Conv_0"]["kernel"], stride=strides, padding=1), 0)
+    y = norm(np_conv(np_relu(y), p["Conv_1"]["kernel"], padding=1), 1)
+    shortcut = x
+    if projected:
+      shortcut = norm(np_conv(x, p["Conv_2"]["kernel"], stride=strides), 2)
+    return np_relu(shortcut + y) if skip else np_relu(y)
+
+  got = jax.jit(block.apply)(f32(variables), f32(x))
+  assert got.shape == (2, 6 // strides, 6 // strides, 4)
+  np.testing.assert_allclose(got, reference(), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(reference(skip=False), reference(), atol=1e-2)  # skip matters
