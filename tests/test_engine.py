@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from device_utils import assert_close, run_on_devices, value_and_grad
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from metriclearn import losses, miners
@@ -308,3 +310,25 @@ def test_ring_without_max_positives_is_refused():
     jax.make_jaxpr(jax.pmap(local, "i"))(
       jnp.zeros((8, 2, 3)), jnp.zeros((8, 2), jnp.int32)
     )
+
+
+def test_a_learned_temperature_gets_the_dense_gradient_on_eight_devices():
+  """A parameter shared by every device (in_specs P()) under shard_map: its gradient
+  is the single-device one, blockwise and over the ring alike (not summed twice)."""
+  e, labels = _batch(n=24, classes=4, seed=5, duplicate=False)
+  e, labels = jnp.asarray(e, jnp.float32), jnp.asarray(labels)
+  mesh = Mesh(np.array(jax.devices()), ("i",))
+  want = jax.grad(lambda t: losses.ntxent_loss(e, labels, temperature=t).sum())(0.5)
+  for kw in ({}, {"block_size": 2}, {"block_size": 2, "ring": True}):
+
+    def total(t, kw=kw):
+      local = lambda x, y, t: losses.ntxent_loss(
+        x, y, temperature=t, axis_name="i", **kw
+      )
+      f = jax.shard_map(
+        local, mesh=mesh, in_specs=(P("i"), P("i"), P()), out_specs=P("i")
+      )
+      return f(e, labels, t).sum()
+
+    got = jax.jit(jax.grad(total))(jnp.float32(0.5))
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(kw))

@@ -809,6 +809,10 @@ def run(
     symmetric=symmetric and rel.self_pairs and axis_name is None and ba == bc,
     sorted_labels=labels_sorted,
   )
+  # A parameter shared by every device (a learned temperature inside shard_map) enters
+  # as varying like the anchors: its per-device cotangent is then summed once, by the
+  # transpose of that cast, not also by the custom VJP.
+  params = _vary(params, anchors)
   stats = _make_engine(cfg)(
     pad_rows(anchors, na, 0),
     pad_rows(candidates, mp, 0),
