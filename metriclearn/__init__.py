@@ -14,6 +14,8 @@ from metriclearn import (
   masks,
   miners,
   models,
+  pairs,
+  parallel,
   reduce,
   training,
 )
@@ -29,6 +31,8 @@ __all__ = [
   "masks",
   "miners",
   "models",
+  "pairs",
+  "parallel",
   "reduce",
   "training",
   "__version__",

@@ -1,24 +1,27 @@
-"""Training: a train state, one pure train step for any metriclearn loss, three ways to
-run it (one device, ``pmap``, ``shard_map`` over a ``Mesh``), a cross-batch memory,
-Orbax checkpoints and a ``fit`` loop::
+"""Training: a train state, one pure train step for any metriclearn loss, Orbax
+checkpoints, a cross-batch memory and a ``fit`` loop that keeps the device busy::
 
   state = create_train_state(key, model, optax.adam(1e-3), images[:2])
   step = make_train_step(model, ntxent_loss)                 # kind="batch"
   state, metrics = jax.jit(step)(state, {"image": x, "label": y})
   # or: fit(step, state, batches, num_steps=10_000, checkpoint_dir="ckpt")
 
-On several devices the same step is built with an ``axis_name`` (and the encoder's
-BatchNorm with the same ``axis_name``) and run with ``pmap_step`` / ``shard_map_step``
-(or ``fit(..., parallel="pmap")``). Given the same global batch it gives the same
-parameters as the single-device step: each device computes its share of the global
-sum of per-example losses over the global count, gradients are averaged with
-``lax.pmean``, BatchNorm statistics are those of the global batch, and batch-form
-losses compare the local anchors with every device's embeddings.
+On several devices (or hosts) the same step runs ``jax.jit``-ed over a mesh
+(``fit(..., parallel="jit")``, :func:`metriclearn.parallel.jit_step`): it is written
+for the global batch and XLA shards it. A step built with an ``axis_name`` (and the
+encoder's BatchNorm with the same ``axis_name``) has per-device semantics with explicit
+collectives and runs under ``shard_map`` or ``pmap`` (``parallel="shard_map"`` /
+``"pmap"``). Given the same global batch every form gives the same parameters as one
+device: each device computes its share of the global sum of per-example losses over
+the global count, gradients are averaged, BatchNorm statistics are those of the global
+batch, and batch-form losses compare the local anchors with every device's embeddings.
+Device placement lives in :mod:`metriclearn.parallel`.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -32,11 +35,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx, serialization, struct
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from metriclearn import models, pairs, reduce
-from metriclearn.data.prefetch import shard_batch
+from metriclearn import models, pairs, parallel, reduce
 
 Batch = Mapping[str, Any]
 KINDS = ("batch", "pair", "triplet", "proxy")
@@ -313,7 +313,9 @@ def make_train_step(
   def per_example(emb, targets, loss_params, memory):
     n = emb.shape[0] // len(INPUT_KEYS[kind])
     if kind in ("pair", "triplet"):
-      args = list(jnp.split(emb, len(INPUT_KEYS[kind]))) + targets
+      # (interleaved: row i of every input sits together, see the step)
+      k = len(INPUT_KEYS[kind])
+      args = list(jnp.moveaxis(emb.reshape(n, k, -1), 1, 0)) + targets
       values = jax.vmap(lambda *a: loss(*a, **loss_params))(*args)
       return values, jnp.ones((n,), bool), memory
     (labels,) = targets
@@ -372,7 +374,9 @@ def make_train_step(
       variables = {"params": trainable["params"], "batch_stats": state.batch_stats}
       emb, updates = model.apply(
         variables,
-        jnp.concatenate(inputs),
+        # Interleaved rows (x1_0, x2_0, x1_1, ...): one forward pass (BatchNorm sees
+        # every input), and a pair stays on one device when the batch is sharded.
+        jnp.stack(inputs, axis=1).reshape((-1, *inputs[0].shape[1:])),
         train=True,
         rngs={"dropout": rng},
         mutable=["batch_stats"],
@@ -452,66 +456,6 @@ def embed(
   return np.concatenate(out)
 
 
-# ---------------------------------------------------------------- placement helpers
-
-
-def make_mesh(axis_name: str = "batch", devices: Any = None) -> Mesh:
-  """A one-axis ``Mesh`` over ``devices`` (default: all) for ``shard_map_step``."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (axis_name,))
-
-
-def replicate(tree: Any, *, mesh: Mesh | None = None) -> Any:
-  """Copies a state to every device: stacked for ``pmap``, or replicated on ``mesh``."""
-  if mesh is not None:  # a copy: a donating step must not free the caller's arrays
-    copy = jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-    return jax.device_put(copy, NamedSharding(mesh, P()))
-  devices = jax.local_devices()
-  sharding = NamedSharding(make_mesh("_replicas", devices), P("_replicas"))
-  stack = lambda x: jnp.broadcast_to(jnp.asarray(x), (len(devices), *jnp.shape(x)))
-  return jax.device_put(jax.tree.map(stack, tree), sharding)
-
-
-def unreplicate(tree: Any) -> Any:
-  """The first device's copy of a ``pmap``-replicated tree."""
-  return jax.tree.map(lambda x: x[0], tree)
-
-
-def _axis_name_of(step: Callable) -> str:
-  axis_name = getattr(step, "axis_name", None)
-  if axis_name is None:
-    raise ValueError(
-      "this step was built without an axis_name; build it with "
-      "make_train_step(..., axis_name='batch') to run it on several devices."
-    )
-  return axis_name
-
-
-def pmap_step(step: Callable, *, donate: bool = False) -> Callable:
-  """``step`` under ``jax.pmap``: takes a ``replicate``-d state and a
-  ``shard_batch``-ed batch."""
-  return jax.pmap(step, axis_name=_axis_name_of(step), donate_argnums=(0,) * donate)
-
-
-@functools.cache  # one compiled function per (step, mesh, donate), as jax.pmap does
-def shard_map_step(step: Callable, mesh: Mesh, *, donate: bool = False) -> Callable:
-  """``step`` under ``jax.jit(jax.shard_map(...))`` over ``mesh``: takes a state
-  replicated on the mesh and a batch sharded along its axis (``shard_batch(mesh=)``)."""
-  axis_name = _axis_name_of(step)
-  if mesh.axis_names != (axis_name,):
-    raise ValueError(f"mesh axes {mesh.axis_names} must be ({axis_name!r},).")
-  # check_vma=False: gradients of the replicated parameters stay per-device (as under
-  # pmap) and the step's own pmean averages them.
-  mapped = jax.shard_map(
-    step,
-    mesh=mesh,
-    in_specs=(P(), P(axis_name)),
-    out_specs=(P(), P()),
-    check_vma=False,
-  )
-  return jax.jit(mapped, donate_argnums=(0,) * donate)
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -564,6 +508,47 @@ def restore_checkpoint(
 # ---------------------------------------------------------------- fit
 
 
+PARALLEL = (None, "jit", "pmap", "shard_map")
+
+
+def _placement(step: Callable, state: TrainState, mode: str | None):
+  """(compiled step, host batch -> device batch, device state -> host state, the
+  state on the devices) for a ``fit`` mode."""
+  if mode not in PARALLEL:
+    raise ValueError(f"parallel must be one of {PARALLEL}, got {mode!r}.")
+  axis_name = getattr(step, "axis_name", None)
+  if mode in (None, "jit") and axis_name is not None:
+    raise ValueError(
+      f"this step was built with axis_name={axis_name!r} (per-device semantics): "
+      "run it with parallel='shard_map' or 'pmap', or build it without an axis_name "
+      "for parallel='jit' (or None: one device)."
+    )
+  copy = jax.tree.map(np.array, state)  # the caller's state stays valid (donation)
+  if mode is None:
+    run = jax.jit(step, donate_argnums=0)
+    return run, jax.device_put, (lambda s: s), jax.device_put(copy)
+  if mode == "pmap":
+    run = parallel.pmap_step(step, donate=True)
+    return run, parallel.shard_batch, parallel.unreplicate, parallel.replicate(copy)
+  mesh = parallel.make_mesh(axis_name or parallel.DATA_AXIS)
+  run = (parallel.jit_step if mode == "jit" else parallel.shard_map_step)(
+    step, mesh, donate=True
+  )
+  place = functools.partial(parallel.shard_batch, mesh=mesh)
+  return run, place, (lambda s: s), parallel.replicate(copy, mesh=mesh)
+
+
+def _host_batches(batches, start: int, num_steps: int) -> Iterable[Batch]:
+  """The host batches of steps ``start .. num_steps - 1``: ``batches(s)``, or the
+  items of an iterable from its first step (those a resumed run has seen skipped)."""
+  if callable(batches):
+    return (batches(s) for s in range(start, num_steps))
+  iterator = iter(batches)
+  for _ in range(start):
+    next(iterator)
+  return itertools.islice(iterator, num_steps - start)
+
+
 def fit(
   step: Callable,
   state: TrainState,
@@ -579,19 +564,27 @@ def fit(
   log_path: str | os.PathLike | None = None,
   log_every: int = 10,
   progress: bool = True,
+  prefetch: int = 2,
 ) -> TrainState:
   """Trains to ``num_steps``, resuming from the latest checkpoint in ``checkpoint_dir``.
 
+  The loop never waits on the host between its sync points: a background thread
+  draws the next ``prefetch`` batches and puts them on the devices while a step runs,
+  and the metrics stay on the device until the next log, checkpoint or evaluation
+  (then the steps since the last one are checked: a NaN stops the run, naming the
+  first bad step, before anything after it is saved).
+
   Args:
-    step: from ``make_train_step`` (with an ``axis_name`` if ``parallel``).
+    step: from ``make_train_step`` (with an ``axis_name`` for 'pmap' / 'shard_map').
     state: the initial single-device state (``create_train_state``); replaced by the
       latest checkpoint if there is one.
-    batches: ``batches(s)`` -> the host batch of step ``s`` (a global batch), or an
-      iterable of the run's batches from its first step (e.g. a seeded
-      ``metriclearn.data`` sampler): a resumed run skips the batches already seen,
-      so both resume exactly.
+    batches: ``batches(s)`` -> the host batch of step ``s`` (a global batch; with
+      several processes, this process's part of it), or an iterable of the run's
+      batches from its first step (e.g. a seeded ``metriclearn.data`` sampler): a
+      resumed run skips the batches already seen, so both resume exactly.
     num_steps: the step count to reach.
-    parallel: None (``jax.jit`` on one device), 'pmap', or 'shard_map' (all devices).
+    parallel: None (one device), 'jit' (``jax.jit`` over a mesh of every device, the
+      batch sharded: the multi-device default), 'shard_map' or 'pmap'.
     checkpoint_dir: where Orbax checkpoints go (None: none). Saved every
       ``save_every`` steps and at the end; the last ``keep`` are kept.
     eval_fn: ``eval_fn(state, step) -> {name: value}`` every ``eval_every`` steps (and
@@ -599,87 +592,78 @@ def fit(
       step reuses its buffers); results are logged.
     log_path: a JSON-lines file: one line every ``log_every`` steps, with the mean
       loss and gradient norm over those steps, and one line per evaluation.
-    progress: show a tqdm progress bar with the running loss.
+    progress: show a tqdm progress bar with the loss of the last log.
+    prefetch: device batches kept ready (>= 1).
 
   Returns:
     The final single-device state.
 
   Raises:
-    NonFiniteLossError: the loss or the gradient became NaN/inf; the state of that
-      step is not saved, the earlier checkpoints are kept.
+    NonFiniteLossError: the loss or the gradient became NaN/inf; no state from that
+      step on is saved, the earlier checkpoints are kept.
   """
   from tqdm.auto import tqdm
 
-  if parallel not in (None, "pmap", "shard_map"):
-    raise ValueError(f"parallel must be None, 'pmap' or 'shard_map', got {parallel!r}.")
-  if parallel is None and getattr(step, "axis_name", None) is not None:
-    raise ValueError(
-      f"this step was built with axis_name={step.axis_name!r}: run it with "
-      "parallel='pmap' or 'shard_map' (or build it without an axis_name)."
-    )
+  from metriclearn.data.prefetch import Prefetcher
+
+  run, place, host, device_state = _placement(step, state, parallel)
   manager = None
   if checkpoint_dir is not None:
     manager = checkpoint_manager(checkpoint_dir, save_every=save_every, keep=keep)
     if manager.latest_step() is not None:
-      state = restore_checkpoint(manager, state)
-  start = int(state.step)
-  if not callable(batches):
-    iterator = iter(batches)
-    for _ in range(start):  # a resumed run skips the batches the checkpoint has seen
-      next(iterator)
-    batches = lambda _: next(iterator)
-
-  if parallel is None:
-    run, place, host = jax.jit(step, donate_argnums=0), (lambda b: b), (lambda s: s)
-    state = jax.tree.map(jnp.array, state)  # a copy: the caller's state stays valid
-  elif parallel == "pmap":
-    run, place, host = pmap_step(step, donate=True), shard_batch, unreplicate
-    state = replicate(state)
-  else:
-    mesh = make_mesh(_axis_name_of(step))
-    run, host = shard_map_step(step, mesh, donate=True), (lambda s: s)
-    place = lambda b: shard_batch(b, mesh=mesh)
-    state = replicate(state, mesh=mesh)
-
+      restored = restore_checkpoint(manager, state)
+      _, _, _, device_state = _placement(step, restored, parallel)
+  start = int(np.asarray(host(device_state).step))
+  source = _host_batches(batches, start, num_steps)
   log = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
   bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
-  window, running = [], None
+  pending, window = [], []  # device metrics since the last sync; host since the log
 
   def write(record):
     if log is not None:
       log.write(json.dumps(record) + "\n")
       log.flush()
 
-  try:
-    for s in range(start, num_steps):
-      state, metrics = run(state, place(batches(s)))
-      metrics = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(metrics).items()}
+  def sync(done: int) -> None:
+    """Brings the pending metrics to the host and stops at the first bad step."""
+    first = done - len(pending) + 1
+    for k, metrics in enumerate(jax.device_get(pending)):
+      metrics = {key: float(np.ravel(v)[0]) for key, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):
         if manager is not None:
           manager.wait_until_finished()
-        raise NonFiniteLossError(
-          s + 1, metrics, manager.latest_step() if manager else None
-        )
-      done = s + 1
+        last = manager.latest_step() if manager else None
+        raise NonFiniteLossError(first + k, metrics, last)
       window.append(metrics)
-      running = (
-        metrics["loss"] if running is None else 0.9 * running + 0.1 * metrics["loss"]
-      )
-      bar.update(1)
-      bar.set_postfix(loss=f"{running:.4f}")
-      if done % log_every == 0 or done == num_steps:
-        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        write({"step": done, **mean})
-        window = []
-      if manager is not None and (done % save_every == 0 or done == num_steps):
-        save_checkpoint(manager, host(state), force=True)
-      if eval_fn is not None and (done % eval_every == 0 or done == num_steps):
-        results = {k: float(v) for k, v in (eval_fn(host(state), done) or {}).items()}
-        if results:
-          write({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
-          bar.write(
-            f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
-          )
+    pending.clear()
+
+  try:
+    with Prefetcher(source, prefetch, place) as device_batches:
+      for done in range(start + 1, num_steps + 1):
+        device_state, metrics = run(device_state, next(device_batches))
+        pending.append(metrics)
+        bar.update(1)
+        logs = done % log_every == 0 or done == num_steps
+        saves = manager is not None and (done % save_every == 0 or done == num_steps)
+        evals = eval_fn is not None and (done % eval_every == 0 or done == num_steps)
+        if not (logs or saves or evals):
+          continue
+        sync(done)
+        if logs:
+          mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          write({"step": done, **mean})
+          bar.set_postfix(loss=f"{mean['loss']:.4f}")
+          window = []
+        if saves:
+          save_checkpoint(manager, host(device_state), force=True)
+        if evals:
+          results = eval_fn(host(device_state), done) or {}
+          results = {k: float(v) for k, v in results.items()}
+          if results:
+            write({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
+            bar.write(
+              f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
+            )
   finally:
     bar.close()
     if log is not None:
@@ -687,4 +671,4 @@ def fit(
     if manager is not None:
       manager.wait_until_finished()
       manager.close()
-  return host(state)
+  return host(device_state)

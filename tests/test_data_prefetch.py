@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metriclearn import data
+from metriclearn import data, parallel
 
 
 def _batches(n, size=16):
@@ -29,12 +29,12 @@ def test_prefetch_yields_every_batch_in_order_on_device():
 
 def test_prefetch_sharded_for_pmap_and_shard_map():
   mesh = Mesh(np.asarray(jax.devices()), ("batch",))
-  with data.prefetch_to_device(_batches(2), put=data.shard_batch) as it:
+  with data.prefetch_to_device(_batches(2), put=parallel.shard_batch) as it:
     batch = next(it)
   assert batch["image"].shape == (8, 2, 3, 3, 1)
   sums = jax.pmap(lambda x: jnp.sum(x["label"]))(batch)
   np.testing.assert_array_equal(sums, np.arange(16).reshape(8, 2).sum(1))
-  put = partial(data.shard_batch, mesh=mesh)
+  put = partial(parallel.shard_batch, mesh=mesh)
   with data.prefetch_to_device(_batches(2), put=put) as it:
     batch = next(it)
   assert batch["image"].shape == (16, 3, 3, 1)
@@ -48,18 +48,18 @@ def test_prefetch_sharded_for_pmap_and_shard_map():
 
 def test_shard_batch_on_a_two_axis_mesh():
   mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
-  out = data.shard_batch({"x": np.ones((8, 2))}, mesh=mesh, axis_name="data")
+  out = parallel.shard_batch({"x": np.ones((8, 2))}, mesh=mesh, axis_name="data")
   assert out["x"].sharding == NamedSharding(mesh, P("data"))
   with pytest.raises(ValueError, match="'nope'"):
-    data.shard_batch({"x": np.ones((8, 2))}, mesh=mesh, axis_name="nope")
+    parallel.shard_batch({"x": np.ones((8, 2))}, mesh=mesh, axis_name="nope")
 
 
 def test_indivisible_batch_names_the_key_and_shape():
   with pytest.raises(ValueError, match=r"batch\['label'\] of shape \(12,\).*8"):
-    data.shard_batch({"image": np.ones((16, 2)), "label": np.ones(12)})
+    parallel.shard_batch({"image": np.ones((16, 2)), "label": np.ones(12)})
   mesh = Mesh(np.asarray(jax.devices()[:4]), ("batch",))
   with pytest.raises(ValueError, match=r"batch\['x'\] of shape \(6, 2\).*4"):
-    data.shard_batch({"x": np.ones((6, 2))}, mesh=mesh)
+    parallel.shard_batch({"x": np.ones((6, 2))}, mesh=mesh)
 
 
 def test_errors_in_the_source_reach_the_consumer():

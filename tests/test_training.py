@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from metriclearn import data, evaluation, models, training
+from metriclearn import data, evaluation, models, parallel, training
 from metriclearn.losses import pair, proxy, softmax, triplet
 
 LR = 0.1
@@ -253,14 +253,14 @@ def test_bad_configuration_raises_before_any_step(tmp_path):
 
   # A global batch that does not divide over the 8 devices.
   twelve = make_batch("batch", rng, n=12)
-  for kwargs in ({}, {"mesh": training.make_mesh()}):
+  for kwargs in ({}, {"mesh": parallel.make_mesh()}):
     with pytest.raises(ValueError, match="multiple of 8"):
-      training.shard_batch(twelve, **kwargs)
+      parallel.shard_batch(twelve, **kwargs)
   state = new_state(twelve)
   pstep = training.make_train_step(MODEL, softmax.ntxent_loss, axis_name="batch")
-  for parallel in ("pmap", "shard_map"):
+  for mode in ("pmap", "shard_map"):
     with pytest.raises(ValueError, match="multiple of 8"):
-      training.fit(pstep, state, lambda s: twelve, num_steps=1, parallel=parallel)
+      training.fit(pstep, state, lambda s: twelve, num_steps=1, parallel=mode)
 
   # Other mistakes, each named.
   with pytest.raises(ValueError, match="kind must be one of"):
@@ -273,9 +273,9 @@ def test_bad_configuration_raises_before_any_step(tmp_path):
     scalar = lambda e, lab: softmax.ntxent_loss(e, lab).mean()
     jax.jit(training.make_train_step(MODEL, scalar))(state, twelve)
   with pytest.raises(ValueError, match="built without an axis_name"):
-    training.pmap_step(NTXENT_STEP)
+    parallel.pmap_step(NTXENT_STEP)
   with pytest.raises(ValueError, match="mesh axes"):
-    training.shard_map_step(pstep, training.make_mesh("devices"))
+    parallel.shard_map_step(pstep, parallel.make_mesh("devices"))
   with pytest.raises(ValueError, match="built with axis_name='batch'"):
     training.fit(pstep, state, lambda s: twelve, num_steps=1)
   with pytest.raises(ValueError, match="parallel must be"):

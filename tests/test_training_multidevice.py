@@ -1,5 +1,6 @@
-"""The same step on 1 device and on 8 simulated devices (``pmap`` and ``shard_map``):
-same global batch, same parameters after three steps.
+"""The same step on 1 device and on 8 simulated devices (``jax.jit`` over a mesh, the
+default; ``shard_map`` and ``pmap`` for a step with an ``axis_name``): same global
+batch, same parameters after three steps.
 
 Tolerance: float32 throughout (no x64, default matmul precision, which on CPU is full
 float32), ``rtol=1e-5`` with ``atol=1e-6`` for entries near zero: the 8-device sums
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from metriclearn import models, training
+from metriclearn import models, parallel, training
 from metriclearn.losses import pair, proxy, softmax
 
 AXIS = "batch"
@@ -23,10 +24,13 @@ TX = optax.adam(1e-2)
 
 
 def encoder(axis_name=None):
-  # BatchNorm with axis_name: statistics over the global batch, as on one device.
+  # BatchNorm with axis_name: statistics over the global batch, as on one device. The
+  # head has no bias: a pair loss of distances does not depend on it, its gradient is
+  # 0 up to rounding, and Adam would turn that rounding (which the order of the
+  # devices' sums decides) into full-size steps, a difference of no meaning.
   return models.Encoder(
     models.MLPEncoder(hidden=(8,), batch_norm=True, axis_name=axis_name),
-    models.EmbeddingHead(4, normalize=False),
+    models.EmbeddingHead(4, normalize=False, use_bias=False),
   )
 
 
@@ -91,9 +95,16 @@ def initial_state(case):
 
 
 @functools.cache
+def global_step(case):
+  """The step written for the global batch (no axis_name): one device, or jit."""
+  kind, loss, _, _, _ = CASES[case]
+  return training.make_train_step(encoder(), loss, kind=kind)
+
+
+@functools.cache
 def single_device(case):
-  kind, loss, batches, _, _ = CASES[case]
-  step = jax.jit(training.make_train_step(encoder(), loss, kind=kind))
+  batches = CASES[case][2]
+  step = jax.jit(global_step(case))
   state, losses = initial_state(case), []
   for s in range(3):
     state, metrics = step(state, batches(s))
@@ -111,14 +122,19 @@ def multi_device_step(case):
 def on_devices(case, mode):
   step, batches = multi_device_step(case), CASES[case][2]
   state, losses = initial_state(case), []
-  if mode == "pmap":
-    run, state = training.pmap_step(step, donate=True), training.replicate(state)
-    place = training.shard_batch
+  if mode == "jit":  # the same global step, jitted over a mesh of the 8 devices
+    mesh = parallel.make_mesh()
+    run = parallel.jit_step(global_step(case), mesh, donate=True)
+    state = parallel.replicate(state, mesh=mesh)
+    place = functools.partial(parallel.shard_batch, mesh=mesh)
+  elif mode == "pmap":
+    run, state = parallel.pmap_step(step, donate=True), parallel.replicate(state)
+    place = parallel.shard_batch
   else:
-    mesh = training.make_mesh(AXIS)
-    run = training.shard_map_step(step, mesh, donate=True)
-    state = training.replicate(state, mesh=mesh)
-    place = functools.partial(training.shard_batch, mesh=mesh)
+    mesh = parallel.make_mesh(AXIS)
+    run = parallel.shard_map_step(step, mesh, donate=True)
+    state = parallel.replicate(state, mesh=mesh)
+    place = functools.partial(parallel.shard_batch, mesh=mesh)
   for s in range(3):
     state, metrics = run(state, place(batches(s)))
     losses.append(np.asarray(metrics["loss"]))
@@ -136,7 +152,7 @@ def assert_states_close(got, want):
   assert int(got.step) == int(want.step) == 3
 
 
-@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+@pytest.mark.parametrize("mode", ["jit", "pmap", "shard_map"])
 @pytest.mark.parametrize("case", CASES)
 def test_three_steps_on_eight_devices_equal_one_device(case, mode):
   want, want_losses = single_device(case)
@@ -144,7 +160,7 @@ def test_three_steps_on_eight_devices_equal_one_device(case, mode):
   if mode == "pmap":  # every device holds the same state
     for leaf in jax.tree.leaves(got):
       np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
-    got = training.unreplicate(got)
+    got = parallel.unreplicate(got)
     losses = [x[0] for x in losses]
   assert_states_close(got, want)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
@@ -152,14 +168,15 @@ def test_three_steps_on_eight_devices_equal_one_device(case, mode):
     assert int(got.memory.pointer) == 3 * N % 40
 
 
-@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
-def test_fit_on_eight_devices_checkpoints_a_single_device_state(parallel, tmp_path):
+@pytest.mark.parametrize("mode", ["jit", "pmap", "shard_map"])
+def test_fit_on_eight_devices_checkpoints_a_single_device_state(mode, tmp_path):
+  step = global_step("ntxent") if mode == "jit" else multi_device_step("ntxent")
   final = training.fit(  # the compiled step of the test above is reused
-    multi_device_step("ntxent"),
+    step,
     initial_state("ntxent"),
     CASES["ntxent"][2],
     num_steps=3,
-    parallel=parallel,
+    parallel=mode,
     checkpoint_dir=tmp_path,
     save_every=2,
     progress=False,

@@ -13,7 +13,7 @@
   :func:`pair_batches`, :func:`triplet_batches`; :func:`padded_batches` for evaluation.
 - JAX augmentation (jit, one key per batch): :func:`random_affine` (``KOCH_AFFINE``),
   :func:`random_crop`, :func:`random_flip`, :func:`compose`, :func:`two_views`.
-- Devices: :func:`shard_batch`, :func:`prefetch_to_device`.
+- Devices: :func:`prefetch_to_device` (placement: :mod:`metriclearn.parallel`).
 """
 
 from metriclearn.data.archives import (
@@ -42,7 +42,7 @@ from metriclearn.data.pack import (
   load_omniglot_pack_runs,
   omniglot_pack_file,
 )
-from metriclearn.data.prefetch import Prefetcher, prefetch_to_device, shard_batch
+from metriclearn.data.prefetch import Prefetcher, prefetch_to_device
 from metriclearn.data.samplers import (
   balanced_batches,
   padded_batches,
@@ -81,7 +81,6 @@ __all__ = [
   "random_crop",
   "random_flip",
   "resize_images",
-  "shard_batch",
   "tfds_source",
   "to_float",
   "triplet_batches",

@@ -1,5 +1,8 @@
-"""Host-to-device transfer: a batch sharded over the devices, and background prefetch.
+"""Background prefetch: the next batches drawn and put on the devices while a step runs
+(the placement itself, e.g. a batch sharded over a mesh, is
+:func:`metriclearn.parallel.shard_batch`).
 
+>>> import numpy as np
 >>> batches = iter([{"image": np.ones((8, 2)), "label": np.arange(8)}] * 3)
 >>> with prefetch_to_device(batches) as it:
 ...   [type(b["image"]).__name__ for b in it]
@@ -14,58 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 Batch = Mapping[str, Any]
-
-
-def _check_divisible(batch: Batch, k: int, where: str) -> None:
-  for key, x in batch.items():
-    shape = np.shape(x)
-    if not shape or shape[0] % k:
-      raise ValueError(
-        f"batch[{key!r}] of shape {shape} does not split over {k} {where}: the "
-        f"leading (batch) size must be a multiple of {k}."
-      )
-
-
-def shard_batch(
-  batch: Batch, *, mesh: Mesh | None = None, axis_name: str | None = None
-) -> dict[str, jax.Array]:
-  """Puts a host batch on the devices, split along its leading (batch) axis.
-
-  - ``mesh=None`` (for ``jax.pmap``): every array ``[n, ...]`` becomes
-    ``[devices, n / devices, ...]`` over the local devices, one slice per device.
-  - ``mesh`` (for ``jax.jit`` / ``jax.shard_map``): global arrays ``[n, ...]`` with a
-    ``NamedSharding`` that splits the batch axis over ``mesh``'s ``axis_name``
-    (default: its first axis) and replicates it over any other axis.
-
-  Args:
-    batch: a dict of arrays sharing the leading batch size ``n``.
-    mesh: a ``jax.sharding.Mesh``, or None for the ``pmap`` layout.
-    axis_name: the mesh axis that splits the batch.
-
-  Returns:
-    The batch as device arrays.
-
-  Raises:
-    ValueError: ``n`` is not a multiple of the number of devices (or of the mesh
-      axis's size), naming the key and shape.
-  """
-  if mesh is None:
-    devices = jax.local_devices()
-    _check_divisible(batch, len(devices), "local devices")
-    sharding = NamedSharding(Mesh(np.asarray(devices), ("devices",)), P("devices"))
-    k = len(devices)
-    host = {key: np.reshape(x, (k, -1, *np.shape(x)[1:])) for key, x in batch.items()}
-    return jax.device_put(host, sharding)
-  axis_name = mesh.axis_names[0] if axis_name is None else axis_name
-  if axis_name not in mesh.axis_names:
-    raise ValueError(f"axis_name {axis_name!r} is not an axis of {mesh.axis_names}.")
-  _check_divisible(batch, mesh.shape[axis_name], f"devices of mesh axis {axis_name!r}")
-  return jax.device_put(dict(batch), NamedSharding(mesh, P(axis_name)))
 
 
 class _Failure:
@@ -168,7 +121,8 @@ def prefetch_to_device(
       :mod:`metriclearn.data.samplers`).
     size: device batches kept ready (2 overlaps one transfer with one step).
     put: host batch -> device batch; default ``jax.device_put`` (the default device).
-      Use ``shard_batch`` (pmap layout) or ``partial(shard_batch, mesh=mesh)``.
+      Use ``metriclearn.parallel.shard_batch`` (pmap layout) or
+      ``partial(parallel.shard_batch, mesh=mesh)``.
 
   Returns:
     A :class:`Prefetcher`: an iterator, and a context manager that stops the thread.
