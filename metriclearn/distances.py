@@ -5,6 +5,8 @@ their own names. The pairwise forms go through one matrix product, so an ``[n, d
 ``[m, d]`` comparison costs one ``n x m x d`` GEMM. The Euclidean distance is safe at
 zero: its value and its gradient are finite when two points coincide (a plain
 ``sqrt`` has an infinite derivative there, which turns into NaN in the chain rule).
+The signal-to-noise ratio distance (``snr``, Yuan et al. 2019) is not symmetric: the
+first argument is the signal, the anchor.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ __all__ = [
   "pairwise_cosine_similarity",
   "pairwise_dot",
   "pairwise_euclidean",
+  "pairwise_snr_distance",
   "pairwise_squared_euclidean",
   "safe_sqrt",
+  "snr_distance",
   "squared_euclidean",
 ]
 
@@ -100,6 +104,36 @@ def dot(x1: jax.Array, x2: jax.Array) -> jax.Array:
   return jnp.sum(x1 * x2, axis=-1)
 
 
+def _noise_to_signal(noise: jax.Array, signal: jax.Array) -> jax.Array:
+  """``noise / signal`` for variances: +inf for a constant signal (0 if the noise is 0
+  too), with a finite gradient there; NaN stays NaN."""
+  has_signal = signal > 0
+  ratio = noise / jnp.where(has_signal, signal, 1.0)
+  out = jnp.where(has_signal, ratio, jnp.where(noise > 0, jnp.inf, 0.0))
+  return jnp.where(jnp.isnan(noise) | jnp.isnan(signal), jnp.nan, out)
+
+
+def snr_distance(x1: jax.Array, x2: jax.Array) -> jax.Array:
+  r"""Signal-to-noise ratio distance :math:`\operatorname{Var}(x_2 - x_1) /
+  \operatorname{Var}(x_1)` over the last axis (Yuan et al. 2019).
+
+  The anchor ``x1`` is the signal and ``x2 - x1`` the noise: the reciprocal of the
+  signal-to-noise ratio, not symmetric, invariant to scaling both by the same factor
+  and to adding a constant to each. A constant ``x1`` (no signal) gives +inf (0 if
+  ``x2 - x1`` is constant too).
+
+  >>> # Var([1, 3]) = 1; x2 - x1 = [1, -1], Var = 1 -> 1 / 1
+  >>> float(snr_distance(jnp.array([1.0, 3.0]), jnp.array([2.0, 2.0])))
+  1.0
+
+  References:
+    Yuan, Deng, Tang, Tang, Chen. Signal-to-Noise Ratio: A Robust Distance Metric for
+    Deep Metric Learning. CVPR 2019.
+  """
+  x1, x2 = _pair(x1, x2)
+  return _noise_to_signal(jnp.var(x2 - x1, axis=-1), jnp.var(x1, axis=-1))
+
+
 # ----------------------------------------------------------------------------------
 # Pairwise (matrix) forms: rows of ``a`` [n, d] against rows of ``b`` [m, d].
 
@@ -161,15 +195,39 @@ def pairwise_cosine_distance(a: jax.Array, b: jax.Array | None = None) -> jax.Ar
   return 1.0 - pairwise_cosine_similarity(a, b)
 
 
+def pairwise_snr_distance(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+  r"""[n, m] SNR distances :math:`\operatorname{Var}(b_j - a_i) /
+  \operatorname{Var}(a_i)` (:func:`snr_distance`; row i of ``a`` is the signal).
+
+  Through one matrix product: with :math:`\tilde x = x - \operatorname{mean}(x)`,
+  :math:`\|\tilde b_j - \tilde a_i\|^2 / \|\tilde a_i\|^2`. Not symmetric. The
+  expansion's rounding (a few ulp of :math:`\|\tilde a_i\|^2 + \|\tilde b_j\|^2`) is
+  taken as 0, so that identical rows are at 0 as in the pair form.
+  """
+  is_self = b is None
+  a, b = _matrices(a, b)
+  centred_a = a - jnp.mean(a, axis=1, keepdims=True)
+  centred_b = b - jnp.mean(b, axis=1, keepdims=True)
+  signal = jnp.sum(centred_a * centred_a, axis=1, keepdims=True)
+  noise = pairwise_squared_euclidean(centred_a, centred_b)
+  scale = signal + jnp.sum(centred_b * centred_b, axis=1)[None, :]
+  noise = jnp.where(noise <= 8 * jnp.finfo(a.dtype).eps * scale, 0.0, noise)
+  if is_self:  # each row against itself: no noise
+    noise = jnp.where(jnp.eye(a.shape[0], dtype=bool), 0.0, noise)
+  return _noise_to_signal(noise, signal)
+
+
 _PAIR = {
   "euclidean": euclidean,
   "squared_euclidean": squared_euclidean,
   "cosine": cosine_distance,
+  "snr": snr_distance,
 }
 _PAIRWISE = {
   "euclidean": pairwise_euclidean,
   "squared_euclidean": pairwise_squared_euclidean,
   "cosine": pairwise_cosine_distance,
+  "snr": pairwise_snr_distance,
 }
 _SIMILARITY = {"cosine": pairwise_cosine_similarity, "dot": pairwise_dot}
 
@@ -188,7 +246,8 @@ def _lookup(table: dict, name, what: str):
 
 
 def get_distance(name: str | DistanceFn) -> DistanceFn:
-  """Pair distance by name: 'euclidean', 'squared_euclidean', 'cosine' or a callable."""
+  """Pair distance by name: 'euclidean', 'squared_euclidean', 'cosine', 'snr' or a
+  callable."""
   return _lookup(_PAIR, name, "distance")
 
 

@@ -61,11 +61,84 @@ CASES = [
   ),
   ("semi_hard", losses.semi_hard_triplet_loss, dict(margin=0.5), True),
   ("semi_hard_k", losses.semi_hard_triplet_loss, dict(max_positives=6), True),
+  (
+    "batch_hard_swap",
+    losses.batch_hard_triplet_loss,
+    dict(margin=0.5, swap=True),
+    True,
+  ),
+  (
+    "batch_all_swap_k",
+    losses.batch_all_triplet_loss,
+    dict(margin=0.5, max_positives=6, swap=True),
+    True,
+  ),
+  # the pair / triplet family (losses.pair_triplet)
+  ("angular_k", losses.angular_loss, dict(alpha=45.0, max_positives=6), True),
+  ("tuplet", losses.tuplet_margin_loss, dict(scale=8.0), True),
+  ("intra_pair_variance", losses.intra_pair_variance_loss, {}, False),
+  (
+    "snr_contrastive",
+    losses.snr_contrastive_loss,
+    dict(neg_margin=2.0, regularizer_weight=0.1),
+    False,
+  ),
+  ("centroid_triplet", losses.centroid_triplet_loss, dict(margin=0.5), True),
+  (
+    "tcm",
+    losses.threshold_consistent_margin_loss,
+    dict(margin_plus=0.5, margin_minus=0.1),
+    False,
+  ),
+  (
+    "dynamic_soft_margin_k",
+    losses.dynamic_soft_margin_loss,
+    dict(max_positives=6),
+    True,
+  ),
+  # the ranking family (losses.ranking)
+  ("fastap", losses.fastap_loss, dict(num_bins=5), True),
+  ("smooth_ap", losses.smooth_ap_loss, dict(temperature=0.1), True),
+  ("smooth_ap_k", losses.smooth_ap_loss, dict(temperature=0.1, max_positives=6), True),
+  ("ranked_list", losses.ranked_list_loss, {}, True),
+  (
+    "ranked_list_attached",
+    losses.ranked_list_loss,
+    dict(pos_temperature=2.0, detach_weights=False),
+    True,
+  ),
+  # the softmax family, continued
+  ("instance", losses.instance_loss, dict(scale=4.0), True),
+  ("dcl", losses.decoupled_contrastive_loss, dict(temperature=0.5), True),
+  (
+    "dclw",
+    losses.decoupled_contrastive_loss,
+    dict(temperature=0.5, weighting="dclw"),
+    True,
+  ),
+  (
+    "multi_supcon_sets",
+    # label sets {y, y + 1 mod 5} (Jaccard 1/3 between neighbours), -1 rows padding
+    lambda e, y, **kw: losses.multi_supcon_loss(
+      e,
+      jnp.where(
+        (y >= 0)[:, None],
+        (
+          (jnp.arange(5, dtype=y.dtype) == y[:, None])
+          | (jnp.arange(5, dtype=y.dtype) == (y[:, None] + 1) % 5)
+        ).astype(jnp.int32),
+        -1,
+      ),
+      **kw,
+    ),
+    dict(temperature=0.5, threshold=0.3),
+    True,
+  ),
 ]
 IDS = [c[0] for c in CASES]
 # The exact (unbounded) triplet forms compare a row with all its candidates at once:
 # they have no ring form (a ring of them raises, see test_engine.py).
-NO_RING = ("batch_all", "semi_hard")
+NO_RING = ("batch_all", "semi_hard", "smooth_ap")
 
 
 def _case(name):

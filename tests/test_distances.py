@@ -100,3 +100,60 @@ def test_errors_name_the_argument():
     D.get_distance("manhattan")
   with pytest.raises(TypeError, match="x1 must hold real numbers"):
     D.euclidean(jnp.zeros(2, bool), jnp.zeros(2))
+
+
+# ----------------------------------------------------------------------------------
+# The signal-to-noise ratio distance (Yuan et al. 2019)
+
+
+def _numpy_snr(a, b):
+  return np.array([[np.var(v - u) / np.var(u) for v in b] for u in a])
+
+
+def test_snr_hand_values_and_numpy_loop():
+  # signal [0, 2]: Var = 1; noise [0, 3] - [0, 2] = [0, 1]: Var = 0.25 -> 0.25
+  assert float(D.snr_distance(jnp.array([0.0, 2.0]), jnp.array([0.0, 3.0]))) == 0.25
+  # the other way round: Var([0, 3]) = 2.25, noise Var 0.25 -> 1/9 (not symmetric)
+  got = D.snr_distance(jnp.array([0.0, 3.0]), jnp.array([0.0, 2.0]))
+  np.testing.assert_allclose(got, 1 / 9, rtol=1e-6)
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(5, 7)), rng.normal(size=(4, 7))
+  with jax.enable_x64(True):
+    got = D.pairwise_snr_distance(jnp.asarray(a), jnp.asarray(b))
+    np.testing.assert_allclose(got, _numpy_snr(a, b), rtol=1e-10)
+    pair = jax.vmap(jax.vmap(D.snr_distance, (None, 0)), (0, None))
+    np.testing.assert_allclose(pair(jnp.asarray(a), jnp.asarray(b)), got, rtol=1e-10)
+    # by name, where distances are looked up by name
+    assert D.get_pairwise_distance("snr") is D.pairwise_snr_distance
+    assert D.get_distance("snr") is D.snr_distance
+    assert "snr" in D.DISTANCES
+    # invariant to a common scale and to a shift of each row
+    scaled = D.pairwise_snr_distance(jnp.asarray(3 * a + 1), jnp.asarray(3 * b - 2))
+    np.testing.assert_allclose(scaled, got, rtol=1e-10)
+    check_grads(D.pairwise_snr_distance, (jnp.asarray(a), jnp.asarray(b)), 1, ["rev"])
+
+
+def test_snr_identical_rows_constant_signal_and_nan():
+  x = jax.random.normal(jax.random.key(5), (3, 6))
+  rows = jnp.stack([x[0], x[1], x[0] + 2.0])  # row 2: row 0 shifted, no noise
+  d = D.pairwise_snr_distance(rows)
+  np.testing.assert_array_equal(jnp.diag(d), 0.0)
+  assert float(d[0, 2]) == 0.0 and float(d[2, 0]) == 0.0  # rounding taken as 0
+  # a constant anchor has no signal: +inf, 0 against another constant; finite grads
+  flat = jnp.stack([jnp.ones(6), x[0], 2 * jnp.ones(6)])
+  d = D.pairwise_snr_distance(flat)
+  assert float(d[0, 1]) == np.inf and float(d[0, 2]) == 0.0
+  assert np.isfinite(float(d[1, 0]))
+  g = jax.grad(
+    lambda f: jnp.where(jnp.isfinite(d), D.pairwise_snr_distance(f), 0.0).sum()
+  )
+  assert bool(jnp.all(jnp.isfinite(g(flat))))
+  # NaN stays NaN, even against a constant signal
+  bad = flat.at[1, 0].set(jnp.nan)
+  d = D.pairwise_snr_distance(bad)
+  assert bool(jnp.isnan(d[0, 1])) and bool(jnp.isnan(d[1, 2]))
+  assert bool(jnp.isnan(D.snr_distance(jnp.ones(3), jnp.array([1.0, jnp.nan, 2.0]))))
+  got = D.pairwise_snr_distance(x.astype(jnp.bfloat16))
+  assert got.dtype == jnp.float32
+  with pytest.raises(ValueError, match="x1 and x2 must have the same shape"):
+    D.snr_distance(jnp.zeros(3), jnp.zeros(4))

@@ -13,7 +13,10 @@ from jax.test_util import check_grads
 from references import np_pairs
 
 from metriclearn.losses.softmax import (
+  decoupled_contrastive_loss,
   infonce_loss,
+  instance_loss,
+  multi_supcon_loss,
   npair_loss,
   ntxent_loss,
   sigmoid_pairwise_loss,
@@ -533,3 +536,301 @@ def test_bad_parameters_raise():
     sigmoid_pairwise_loss(emb, labels, 10.0, jnp.zeros(3))
   with pytest.raises(ValueError, match="l2_reg"):
     npair_loss(emb, labels, l2_reg=-0.1)
+
+
+# ----------------------------------------------------------------------------------
+# The instance loss, decoupled contrastive (DCL, DCLW) and multi-label SupCon.
+
+
+def ref_instance(s, pos, neg, *, gamma, own):
+  # every item its own class: numerator over {i} + P(i), denominator over {i} + A(i)
+  # (own[i] = s_ii, or None when the candidates are another set)
+  out = np.zeros(len(s))
+  for i in range(len(s)):
+    ps, every = np.flatnonzero(pos[i]), np.flatnonzero(pos[i] | neg[i])
+    if not neg[i].any() or (own is None and not len(ps)):
+      continue
+    selfterm = [] if own is None else [math.exp(gamma * own[i])]
+    num = sum(selfterm) + sum(math.exp(gamma * s[i, p]) for p in ps)
+    den = sum(selfterm) + sum(math.exp(gamma * s[i, a]) for a in every)
+    out[i] = -math.log(num / den)
+  return out
+
+
+def ref_dcl(s, pos, neg, *, tau, sigma=None):
+  # Yeh et al.: -w s_ip / tau + log sum_{negatives} e^{s_iq / tau}, mean over P(i);
+  # DCLW: w = 2 - e^{s_ip / sigma} / mean over every positive pair of e^{s / sigma}
+  mean = 1.0
+  if sigma is not None:
+    every = [math.exp(s[i, p] / sigma) for i, p in zip(*np.nonzero(pos), strict=True)]
+    mean = np.mean(every) if every else 1.0
+  out = np.zeros(len(s))
+  for i in range(len(s)):
+    ps, ns = np.flatnonzero(pos[i]), np.flatnonzero(neg[i])
+    if len(ps) and len(ns):
+      neg_term = math.log(sum(math.exp(s[i, q] / tau) for q in ns))
+      terms = []
+      for p in ps:
+        w = 1.0 if sigma is None else 2.0 - math.exp(s[i, p] / sigma) / mean
+        terms.append(-w * s[i, p] / tau + neg_term)
+      out[i] = np.mean(terms)
+  return out
+
+
+def ref_jaccard(a, b):
+  if np.ndim(a) == 0:  # integer labels: one-label sets
+    return float(a == b)
+  a, b = set(np.flatnonzero(np.asarray(a) > 0)), set(np.flatnonzero(np.asarray(b) > 0))
+  return 1.0 if not (a | b) else len(a & b) / len(a | b)
+
+
+def ref_multi_supcon(s, pos, neg, weight, *, tau):
+  # -1/|P(i)| sum_p J_ip log(e^{s_ip / tau} / sum_{a in A(i)} e^{s_ia / tau})
+  out = np.zeros(len(s))
+  for i in range(len(s)):
+    ps, every = np.flatnonzero(pos[i]), np.flatnonzero(pos[i] | neg[i])
+    if len(ps) and neg[i].any():
+      den = sum(math.exp(s[i, a] / tau) for a in every)
+      terms = [weight[i, p] * math.log(math.exp(s[i, p] / tau) / den) for p in ps]
+      out[i] = -np.sum(terms) / len(ps)
+  return out
+
+
+def label_sets(seed, n, classes=4, pad=1, p=0.45):
+  """Multi-hot label sets [n, classes]: some empty, some repeated; ``pad`` rows -1."""
+  rng = np.random.default_rng(seed)
+  y = (rng.random((n, classes)) < p).astype(np.int32)
+  y[1] = y[0]
+  y[2] = 0  # an empty set
+  y[rng.choice(np.arange(3, n), pad, replace=False)] = -1
+  return y
+
+
+NEW = {
+  "instance": (instance_loss, dict(scale=4.0)),
+  "dcl": (decoupled_contrastive_loss, dict(temperature=0.5)),
+  "dclw": (decoupled_contrastive_loss, dict(temperature=0.5, weighting="dclw")),
+  "multi_supcon": (multi_supcon_loss, dict(temperature=0.5, threshold=0.3)),
+}
+
+
+@functools.cache
+def new_jitted(name, **kw):
+  fn, opts = NEW[name]
+  return jax.jit(functools.partial(fn, **opts, **kw))
+
+
+def new_reference(name, emb, labels, *, ref_emb=None, ref_labels=None, **masks):
+  opts = NEW[name][1]
+  a = np.asarray(emb, np.float64)
+  c = a if ref_emb is None else np.asarray(ref_emb, np.float64)
+  s = ref_similarity(a, c, "cosine")
+  if name == "multi_supcon":
+    refl = labels if ref_labels is None else ref_labels
+    weight = np.array([[ref_jaccard(x, y) for y in refl] for x in labels])
+    compare = masks.pop("compare", None) or (
+      lambda x, y: ref_jaccard(x, y) >= opts["threshold"]
+    )
+    pos, neg = np_pairs(labels, ref_labels, compare=compare, **masks)
+    return ref_multi_supcon(s, pos, neg, weight, tau=opts["temperature"])
+  pos, neg = np_pairs(labels, ref_labels, **masks)
+  if name == "instance":
+    own = None if ref_emb is not None else np.ones(len(a))  # cos(x, x) = 1
+    return ref_instance(s, pos, neg, gamma=opts["scale"], own=own)
+  sigma = 0.5 if opts.get("weighting") == "dclw" else None
+  return ref_dcl(s, pos, neg, tau=opts["temperature"], sigma=sigma)
+
+
+def new_batches(name):
+  if name != "multi_supcon":
+    yield from batches()
+    return
+  for seed in range(4):
+    emb, _ = make_batch(40 + seed)
+    yield emb, label_sets(seed, 12)
+  emb, labels = make_batch(50, classes=3)  # integer labels: one-label sets
+  yield emb, labels
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_losses_match_reference_float64(name):
+  with jax.enable_x64(True):
+    for emb, labels in new_batches(name):
+      want = new_reference(name, emb, labels)
+      got = new_jitted(name)(jnp.asarray(emb), jnp.asarray(labels))
+      assert got.dtype == jnp.float64
+      assert_close(got, want, np.float64)
+    # blockwise (blocks that do not divide the batch), the same values
+    got = new_jitted(name, block_size=(5, 3))(jnp.asarray(emb), jnp.asarray(labels))
+    assert_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_losses_options_match_reference(name):
+  rng = np.random.default_rng(17)
+  emb, labels = make_batch(3, classes=3)
+  if name == "multi_supcon":
+    labels = label_sets(4, 12)
+  with jax.enable_x64(True):
+    # a memory bank / another view of 10 rows (one padding, one duplicate)
+    ref_emb, ref_labels = make_batch(5, n=10, classes=3, pad=1)
+    ref_emb[3] = emb[2]
+    if name == "multi_supcon":
+      ref_labels = label_sets(6, 10)
+    got = new_jitted(name)(emb, labels, ref_embeddings=ref_emb, ref_labels=ref_labels)
+    want = new_reference(name, emb, labels, ref_emb=ref_emb, ref_labels=ref_labels)
+    assert_close(got, want, np.float64)
+    mask = rng.random((12, 12)) < 0.7
+    got = new_jitted(name)(emb, labels, mask=mask)
+    assert_close(got, new_reference(name, emb, labels, mask=mask), np.float64)
+    pmask = rng.random((12, 12)) < 0.3
+    got = new_jitted(name)(emb, labels, positive_mask=pmask)
+    want = new_reference(name, emb, labels, positive_mask=pmask)
+    assert_close(got, want, np.float64)
+
+
+def test_instance_loss_is_pml_instance_loss_with_distinct_labels():
+  # pytorch-metric-learning's InstanceLoss (labels=None): cross-entropy of
+  # gamma * normalized gram matrix with target arange(n), the row itself included
+  emb, _ = make_batch(21, pad=0)
+  with jax.enable_x64(True):
+    z = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    logits = 64.0 * z @ z.T
+    peak = logits.max(1, keepdims=True)
+    log_prob = logits - (np.log(np.exp(logits - peak).sum(1, keepdims=True)) + peak)
+    want = -np.diag(log_prob)
+    got = jax.jit(instance_loss)(jnp.asarray(emb), jnp.arange(12))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_dcl_and_dclw_are_the_authors_two_view_losses():
+  # The authors' code on views z1, z2 [N, d]: positive -s(z1_i, z2_i)/tau (times the
+  # DCLW weight 2 - N softmax_i(s(z1_i, z2_i) / sigma)), negatives every z1_k, z2_k
+  # but k = i; the loss is DCL(z1, z2) + DCL(z2, z1), each a mean over N.
+  x, y = _views(23, 6)
+  ids = np.arange(6, dtype=np.int32)
+
+  def authors(z1, z2, tau, sigma=None):
+    z1 = z1 / np.linalg.norm(z1, axis=1, keepdims=True)
+    z2 = z2 / np.linalg.norm(z2, axis=1, keepdims=True)
+    cross = z1 @ z2.T
+    positive = -np.diag(cross) / tau
+    if sigma is not None:
+      e = np.exp(np.diag(cross) / sigma)
+      positive = positive * (2 - len(z1) * e / e.sum())
+    similarity = np.concatenate([z1 @ z1.T, cross], axis=1) / tau
+    similarity[np.tile(np.eye(len(z1), dtype=bool), (1, 2))] = -np.inf
+    negative = np.log(np.exp(similarity).sum(1))
+    return (positive + negative).mean()
+
+  with jax.enable_x64(True):
+    e = jnp.asarray(np.concatenate([x, y]))
+    for sigma, weighting in ((None, None), (0.5, "dclw")):
+      want = authors(x, y, 0.1, sigma) + authors(y, x, 0.1, sigma)
+      got = jax.jit(functools.partial(decoupled_contrastive_loss, weighting=weighting))(
+        e, np.tile(ids, 2)
+      )
+      np.testing.assert_allclose(2 * got.mean(), want, rtol=1e-10)
+
+
+def test_multi_supcon_is_pml3_multisupcon_and_supcon_for_one_label_each():
+  # pytorch-metric-learning 3's MultiSupConLoss as matrices: J the Jaccard index,
+  # N(i) = {p != i: J >= c}, weights J, denominator over every other row
+  emb, _ = make_batch(25, pad=0)
+  sets = label_sets(26, 12, pad=0)
+  with jax.enable_x64(True):
+    z = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    logits = z @ z.T / 0.1
+    jac = np.array([[ref_jaccard(a, b) for b in sets] for a in sets])
+    other = ~np.eye(12, dtype=bool)
+    positive = (jac >= 0.5) & other
+    log_prob = logits - np.log((np.exp(logits) * other).sum(1, keepdims=True))
+    want = -(positive * jac * log_prob).sum(1) / np.maximum(positive.sum(1), 1)
+    want = np.where(positive.any(1) & (other & ~positive).any(1), want, 0.0)
+    got = jax.jit(multi_supcon_loss)(jnp.asarray(emb), sets)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    # integer labels are one-label sets: SupCon itself
+    emb, labels = make_batch(27)
+    got = jax.jit(multi_supcon_loss)(jnp.asarray(emb), labels)
+    np.testing.assert_allclose(got, JIT["supcon_loss"](emb, labels), rtol=1e-12)
+    # bool label sets are 0/1 sets
+    got = jax.jit(multi_supcon_loss)(jnp.asarray(emb), sets.astype(bool))
+    want = jax.jit(multi_supcon_loss)(jnp.asarray(emb), sets)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_losses_check_grads(name):
+  emb, labels = make_batch(5, n=7, d=3, classes=2, pad=1)
+  emb[[1, 5]] += 0.1
+  if name == "multi_supcon":
+    labels = label_sets(7, 7)
+  with jax.enable_x64(True):
+    fn = new_jitted(name)
+    check_grads(lambda e: fn(e, labels), (jnp.asarray(emb),), 1, ("rev",), eps=1e-6)
+
+
+def test_dclw_gradients_of_learned_temperature_and_sigma():
+  # (check_grads of the embeddings above includes the batch mean in the weights,
+  # differentiated as in the authors' code)
+  emb, labels = make_batch(8, n=7, d=3, classes=2, pad=1)
+  emb[[1, 5]] += 0.1
+  with jax.enable_x64(True):
+
+    def f(e, t, s):
+      return decoupled_contrastive_loss(
+        e, labels, temperature=t, sigma=s, weighting="dclw"
+      )
+
+    args = (jnp.asarray(emb), jnp.asarray(0.3), jnp.asarray(0.5))
+    check_grads(jax.jit(f), args, 1, ("rev",), eps=1e-6)
+
+
+def test_new_losses_degenerate_batches_give_zero():
+  # (the zero gradients, blockwise and on devices: tests/test_contract.py)
+  emb, _ = make_batch(9)
+  emb = jnp.asarray(emb, jnp.float32)
+  for name in NEW:
+    for labels in (np.zeros(12, np.int32), np.full(12, -1, np.int32)):
+      assert np.all(new_jitted(name)(emb, labels) == 0), name
+  # label sets all equal (every pair a positive) or all padding
+  for labels in (np.ones((12, 3), np.int32), np.full((12, 3), -1, np.int32)):
+    assert np.all(new_jitted("multi_supcon")(emb, labels) == 0)
+
+
+def test_new_losses_bad_input_raises():
+  emb, labels = make_batch(14, dtype=np.float32)
+  for name in NEW:
+    fn = functools.partial(NEW[name][0], **NEW[name][1])
+    with pytest.raises(ValueError, match="labels"):
+      fn(emb, labels[:-1])
+    with pytest.raises(ValueError, match="embeddings"):
+      fn(emb[0], labels[:1])
+    with pytest.raises(ValueError, match="mask"):
+      fn(emb, labels, mask=np.ones((12, 11), bool))
+  for bad in (0.0, -1.0):
+    with pytest.raises(ValueError, match="scale"):
+      instance_loss(emb, labels, scale=bad)
+    for fn in (decoupled_contrastive_loss, multi_supcon_loss):
+      with pytest.raises(ValueError, match="temperature"):
+        fn(emb, labels, temperature=bad)
+    with pytest.raises(ValueError, match="sigma"):
+      decoupled_contrastive_loss(emb, labels, sigma=bad, weighting="dclw")
+  with pytest.raises(ValueError, match="weighting"):
+    decoupled_contrastive_loss(emb, labels, weighting="dcl")
+  sets = label_sets(1, 12)
+  for bad in (0.0, 1.5, jnp.ones(2)):
+    with pytest.raises(ValueError, match="threshold"):
+      multi_supcon_loss(emb, sets, threshold=bad)
+  with pytest.raises(ValueError, match="threshold"):
+    jax.jit(lambda c: multi_supcon_loss(emb, sets, threshold=c))(0.5)
+  with pytest.raises(ValueError, match="0/1 label sets"):
+    multi_supcon_loss(emb, 2 * sets)
+  with pytest.raises(TypeError, match="labels"):
+    multi_supcon_loss(emb, sets.astype(np.float32))
+  with pytest.raises(ValueError, match="labels"):
+    multi_supcon_loss(emb, sets[:-1])
+  with pytest.raises(ValueError, match="ref_labels must have the form"):
+    multi_supcon_loss(emb, sets, ref_embeddings=emb, ref_labels=sets[:, :2])
+  with pytest.raises(ValueError, match="labels must be >= 0"):
+    multi_supcon_loss(emb, np.full(12, -2, np.int32))

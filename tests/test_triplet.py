@@ -497,3 +497,106 @@ def test_bad_input_raises_at_trace_time():
     triplet_margin_loss(x, x, x)
   with pytest.raises(ValueError, match="margin must be >= 0"):
     triplet_margin_loss(jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), margin=-0.5)
+
+
+# ----------------------------------------------------------------------------------
+# The distance swap (Balntas et al. 2016): min(D(a, n), D(p, n)) for D(a, n).
+
+
+def np_batch_all_swap(x, labels, ref_x=None, ref_labels=None, *, margin=0.2, **kw):
+  """Every triplet, the positive's distance to the negative when it is smaller."""
+  mask = kw.get("mask")
+  dist, pos, neg = _setup(x, labels, ref_x, ref_labels, None, mask, "euclidean", False)
+  cands = x if ref_x is None else ref_x
+  n, m = dist.shape
+  total, active = np.zeros(n), np.zeros(n)
+  for a in range(n):
+    for p in range(m):
+      for q in range(m):
+        if pos[a, p] and neg[a, q]:
+          d_an = min(dist[a, q], np_distance(cands[p], cands[q]))
+          loss = max(0.0, margin + dist[a, p] - d_an)
+          total[a] += loss
+          active[a] += loss > 0
+  return np.array([t / c if c else 0.0 for t, c in zip(total, active, strict=True)])
+
+
+def np_batch_hard_swap(x, labels, *, margin=0.2):
+  """The hardest positive p* (the first among ties), then the nearest negative to
+  the anchor or to p*."""
+  dist, pos, neg = _setup(x, labels, None, None, None, None, "euclidean", False)
+  out = np.zeros(len(x))
+  for a in range(len(x)):
+    if pos[a].any() and neg[a].any():
+      p_star = max(np.flatnonzero(pos[a]), key=lambda p: (dist[a, p], -p))
+      d_an = min(
+        min(dist[a, q], np_distance(x[p_star], x[q])) for q in np.flatnonzero(neg[a])
+      )
+      out[a] = max(0.0, margin + dist[a, p_star] - d_an)
+  return out
+
+
+def test_triplet_form_swap():
+  a, p, n = jnp.zeros(2), jnp.array([0.3, 0.4]), jnp.array([0.0, 0.6])
+  # |a - p|^2 = 0.25, |a - n|^2 = 0.36, |p - n|^2 = 0.09 + 0.04 = 0.13:
+  # 0.25 - min(0.36, 0.13) + 0.2 = 0.32
+  np.testing.assert_allclose(triplet_margin_loss(a, p, n, swap=True), 0.32, rtol=1e-5)
+  # the anchor nearer the negative: no change (0.09 as without the swap)
+  far = jnp.array([0.0, -0.6])  # |p - far|^2 = 0.09 + 1 = 1.09 > 0.36
+  np.testing.assert_allclose(
+    triplet_margin_loss(a, p, far, swap=True), triplet_margin_loss(a, p, far)
+  )
+
+
+def test_batch_swap_matches_numpy_reference():
+  """Every form of batch-all (every triplet dense, blocks of anchors, k slots dense
+  and blockwise, with the fallback) and batch-hard, against the loops."""
+  names = list(CASES)
+  with jax.enable_x64(True):
+    for case in names[:3] + ["memory bank"]:
+      x, labels, ref_x, ref_labels, extra = CASES[case]
+      kw = dict(ref_embeddings=ref_x, ref_labels=ref_labels)
+      want = np_batch_all_swap(x, labels, ref_x, ref_labels)
+      assert np.count_nonzero(want) > 2, case
+      for opts in ({}, {"block_size": 5}, {"max_positives": 3}):
+        got = batch_all_triplet_loss(x, labels, swap=True, **kw, **opts)
+        np.testing.assert_allclose(got, want, 1e-5, 1e-9, err_msg=f"{case} {opts}")
+    x, labels = CASES["2 classes"][:2]
+    got = batch_all_triplet_loss(x, labels, swap=True, max_positives=11, block_size=4)
+    np.testing.assert_allclose(got, np_batch_all_swap(x, labels), 1e-5, 1e-9)
+    mask = np.random.default_rng(0).random((12, 12)) < 0.7
+    got = batch_all_triplet_loss(x, labels, swap=True, mask=mask)
+    np.testing.assert_allclose(got, np_batch_all_swap(x, labels, mask=mask), 1e-5, 1e-9)
+    for case in names[:3]:
+      x, labels = CASES[case][:2]
+      want = np_batch_hard_swap(x, labels)
+      for block in (None, 5):
+        got = batch_hard_triplet_loss(x, labels, swap=True, block_size=block)
+        np.testing.assert_allclose(got, want, 1e-5, 1e-9, err_msg=f"{case} {block}")
+      assert np.all(want >= np_batch_hard(x, labels) - 1e-12)  # the swap is harder
+
+
+def test_swap_gradients_and_semi_hard_refuses():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.normal(size=(8, 3)))
+    labels = jnp.array([0, 0, 1, 1, 2, 2, 0, -1])
+
+    def both(e):
+      return jnp.stack(
+        [
+          batch_all_triplet_loss(e, labels, swap=True, margin=1.0),
+          batch_all_triplet_loss(e, labels, swap=True, soft=True, max_positives=2),
+          batch_hard_triplet_loss(e, labels, swap=True, margin=1.0),
+        ]
+      )
+
+    check_grads(jax.jit(both), (x,), order=1, modes=["rev"], eps=1e-6)
+    check_grads(
+      lambda a, p, n: triplet_margin_loss(a, p, n, swap=True, margin=2.0),
+      (x[0], x[1], x[2]),
+      1,
+      modes=["rev"],
+    )
+  with pytest.raises(ValueError, match="swap=True has no semi-hard form"):
+    semi_hard_triplet_loss(jnp.zeros((4, 2)), jnp.array([0, 0, 1, 1]), swap=True)

@@ -4,12 +4,19 @@
   published form, the log-likelihood pair loss, Koch et al.'s weighted L1).
 - :mod:`~metriclearn.losses.triplet`: one triplet, and batch-all / batch-hard /
   semi-hard from labels.
-- :mod:`~metriclearn.losses.softmax`: N-pair, NT-Xent / InfoNCE, SupCon, soft nearest
-  neighbour, sigmoid (SigLIP) pairwise.
+- :mod:`~metriclearn.losses.softmax`: N-pair, NT-Xent / InfoNCE, SupCon, multi-label
+  SupCon, decoupled contrastive (DCL, DCLW), instance loss, soft nearest neighbour,
+  sigmoid (SigLIP) pairwise.
 - :mod:`~metriclearn.losses.pair_weighting`: contrastive over all pairs,
   multi-similarity, circle, lifted structure, margin loss.
-- :mod:`~metriclearn.losses.proxy`: ArcFace, sub-center ArcFace, CosFace, normalized
-  softmax, ProxyNCA(++), ProxyAnchor, SoftTriple, softmax cross-entropy baseline.
+- :mod:`~metriclearn.losses.pair_triplet`: angular, tuplet margin, intra-pair
+  variance, SNR contrastive, centroid triplet, threshold-consistent margin, dynamic
+  soft margin, manifold loss (and ``swap=`` on the triplet losses).
+- :mod:`~metriclearn.losses.ranking`: FastAP, Smooth-AP, PNP, histogram loss, ranked
+  list loss.
+- :mod:`~metriclearn.losses.classification`: ArcFace, sub-center ArcFace, CosFace,
+  normalized softmax, softmax cross-entropy baseline, L-Softmax, SphereFace, P2SGrad.
+- :mod:`~metriclearn.losses.proxy`: ProxyNCA(++), ProxyAnchor, SoftTriple.
 
 Batch-form losses take ``(embeddings [n, d], labels [n], *, ...)`` and return one value
 per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`. Each in-batch loss is
@@ -22,6 +29,16 @@ loss is a few :class:`Pass` es run by :func:`pair_statistics` on a
 
 from metriclearn.initializers import init_proxies
 from metriclearn.losses._engine import Block, Pass, pair_statistics
+from metriclearn.losses.classification import (
+  arcface_loss,
+  cosface_loss,
+  large_margin_softmax_loss,
+  normalized_softmax_loss,
+  p2sgrad_loss,
+  softmax_cross_entropy_loss,
+  sphereface_loss,
+  subcenter_arcface_loss,
+)
 from metriclearn.losses.pair import (
   CONTRASTIVE_VARIANTS,
   contrastive_loss,
@@ -29,6 +46,16 @@ from metriclearn.losses.pair import (
   sigmoid_pair_loss,
   weighted_l1_logit,
   weighted_l1_loss,
+)
+from metriclearn.losses.pair_triplet import (
+  angular_loss,
+  centroid_triplet_loss,
+  dynamic_soft_margin_loss,
+  intra_pair_variance_loss,
+  manifold_loss,
+  snr_contrastive_loss,
+  threshold_consistent_margin_loss,
+  tuplet_margin_loss,
 )
 from metriclearn.losses.pair_weighting import (
   batch_contrastive_loss,
@@ -39,18 +66,24 @@ from metriclearn.losses.pair_weighting import (
   multi_similarity_loss,
 )
 from metriclearn.losses.proxy import (
-  arcface_loss,
-  cosface_loss,
-  normalized_softmax_loss,
   proxy_anchor_loss,
   proxy_nca_loss,
   proxy_nca_plus_plus_loss,
   soft_triple_loss,
-  softmax_cross_entropy_loss,
-  subcenter_arcface_loss,
+)
+from metriclearn.losses.ranking import (
+  PNP_VARIANTS,
+  fastap_loss,
+  histogram_loss,
+  pnp_loss,
+  ranked_list_loss,
+  smooth_ap_loss,
 )
 from metriclearn.losses.softmax import (
+  decoupled_contrastive_loss,
   infonce_loss,
+  instance_loss,
+  multi_supcon_loss,
   npair_loss,
   ntxent_loss,
   sigmoid_pairwise_loss,
@@ -100,4 +133,24 @@ __all__ = [
   "triplet_margin_loss",
   "weighted_l1_logit",
   "weighted_l1_loss",
+  "PNP_VARIANTS",
+  "fastap_loss",
+  "histogram_loss",
+  "pnp_loss",
+  "ranked_list_loss",
+  "smooth_ap_loss",
+  "decoupled_contrastive_loss",
+  "instance_loss",
+  "large_margin_softmax_loss",
+  "multi_supcon_loss",
+  "p2sgrad_loss",
+  "sphereface_loss",
+  "angular_loss",
+  "centroid_triplet_loss",
+  "dynamic_soft_margin_loss",
+  "intra_pair_variance_loss",
+  "manifold_loss",
+  "snr_contrastive_loss",
+  "threshold_consistent_margin_loss",
+  "tuplet_margin_loss",
 ]

@@ -52,7 +52,10 @@ __all__ = [
   "Block",
   "Pass",
   "TermFn",
+  "AVERAGES",
   "active",
+  "average_terms",
+  "check_average",
   "index_dtype",
   "log1p_exp",
   "mean",
@@ -93,6 +96,35 @@ def log1p_exp(lse: jax.Array, count: jax.Array) -> jax.Array:
 def no_similarity(a: jax.Array, c: jax.Array) -> jax.Array:
   """For passes that look at the masks and indices only: no matrix product."""
   return jnp.zeros((a.shape[0], c.shape[0]), a.dtype)
+
+
+AVERAGES = ("anchor", "batch")
+
+
+def check_average(average: str) -> None:
+  if average not in AVERAGES:
+    raise ValueError(f"average must be one of {AVERAGES}, got {average!r}.")
+
+
+def average_terms(
+  total: jax.Array, count: jax.Array, average: str, axis_name: str | None
+) -> jax.Array:
+  """Per-anchor ``total`` [n] over ``count`` [n] terms, as an anchor or batch average.
+
+  'anchor': ``total / count`` (0 where ``count`` is 0). 'batch': ``total * N / C`` with
+  ``N`` the number of anchors and ``C`` the number of terms in the whole batch (every
+  device of ``axis_name``), so that the plain mean of the values is ``sum(total) / C``.
+  """
+  if average == "anchor":
+    safe = jnp.maximum(count, 1).astype(total.dtype)
+    return jnp.where(count > 0, total / safe, 0.0)
+  n_anchors = count.shape[0]
+  batch_count = jnp.sum(count)
+  if axis_name is not None:
+    n_anchors *= jax.lax.axis_size(axis_name)
+    batch_count = jax.lax.psum(batch_count, axis_name)
+  scale = n_anchors / jnp.maximum(batch_count, 1).astype(total.dtype)
+  return total * scale
 
 
 # Pairwise functions with f(c, a) == f(a, c).T.

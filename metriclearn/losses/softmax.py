@@ -1,5 +1,6 @@
-"""Softmax and cross-entropy batch losses: N-pair, NT-Xent / InfoNCE, SupCon, soft
-nearest neighbour, and the sigmoid (SigLIP) pairwise loss.
+"""Softmax and cross-entropy batch losses: N-pair, NT-Xent / InfoNCE, SupCon and its
+multi-label form, decoupled contrastive (DCL, DCLW), the instance loss, soft nearest
+neighbour, and the sigmoid (SigLIP) pairwise loss.
 
 Every loss is in batch form, ``loss(embeddings [n, d], labels [n], ...) -> [n]``, one
 value per anchor, 0 where the anchor has nothing valid (see :mod:`metriclearn.pairs`
@@ -13,17 +14,23 @@ losses stay finite for any embedding norm.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metriclearn import _checks, distances, pairs
 from metriclearn.losses import _engine
 from metriclearn.losses._engine import Block, Pass
 
 __all__ = [
+  "decoupled_contrastive_loss",
   "infonce_loss",
+  "instance_loss",
+  "multi_supcon_loss",
   "npair_loss",
   "ntxent_loss",
   "sigmoid_pairwise_loss",
@@ -459,3 +466,372 @@ def npair_loss(
     a_sq = jnp.sum(jnp.square(rel.anchors), axis=1)
     loss = loss + 0.25 * l2_reg * (a_sq + pick_sq)
   return jnp.where(_engine.active(n_pair, n_neg), loss, 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# Instance loss: every item its own class, the batch's embeddings as the classifier.
+
+
+def _self_similarity(rel: pairs.Relation, sim_fn) -> jax.Array:
+  """[n] ``s(x_i, x_i)``: each anchor against itself (1 for cosine, ``|x|^2`` for
+  the inner product)."""
+  return jax.vmap(lambda a: sim_fn(a[None], a[None])[0, 0])(rel.anchors)
+
+
+@_batch_loss
+def instance_loss(
+  rel: pairs.Relation,
+  *,
+  scale: float | jax.Array = 64.0,
+  similarity: str | distances.DistanceFn = "cosine",
+) -> jax.Array:
+  r"""Instance loss: a softmax classification in which every item is its own class.
+
+  The paper classifies each image (and its caption) into its own instance class with
+  a learned classifier shared by both modalities. In a batch, the classifier's rows
+  are the batch's own embeddings: anchor :math:`i`'s class is represented by itself
+  and by its positives :math:`P_i` (other views of the same instance: same label),
+  every negative is another class, and
+
+  .. math::
+    \ell_i = -\log \frac{e^{\gamma s_{ii}} + \sum_{p \in P_i} e^{\gamma s_{ip}}}
+      {e^{\gamma s_{ii}} + \sum_{j \in P_i \cup N_i} e^{\gamma s_{ij}}}
+
+  with :math:`s` = ``similarity`` (cosine, so :math:`s_{ii} = 1`) and
+  :math:`\gamma` = ``scale``. With ``ref_embeddings`` (e.g. the captions, labels the
+  instance ids) the anchor itself is not a candidate and the :math:`s_{ii}` terms
+  drop out: the image-to-text softmax over the batch's instances (an anchor without
+  a positive there gets 0). An anchor without a negative gets 0. With labels all
+  distinct (one view per instance) it is pytorch-metric-learning's
+  ``InstanceLoss(gamma=g)`` (labels None): ``instance_loss(e, jnp.arange(n),
+  scale=g).mean()``, its AvgNonZeroReducer (every value is positive), up to the 1e-6
+  it adds to the norms. Its labelled form takes the label's rank as the target
+  column, which is this loss only for distinct, increasing labels.
+
+  Args:
+    {relation}
+    scale: :math:`\gamma > 0`, a number or a scalar array (a traced value is not
+      checked). Default 64, pytorch-metric-learning's.
+    similarity: 'cosine' (default), 'dot', or a callable.
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> # scale 1, every item its own class; anchor 0: -log(e / (e + e^1 + e^0)) =
+  >>> # log(2 + e^-1); anchor 2: -log(e / (e + 2 e^0)) = log(1 + 2 e^-1)
+  >>> instance_loss(e, jnp.array([0, 1, 2]), scale=1.0)
+  Array([0.86199..., 0.86199..., 0.55144...], dtype=float32)
+
+  References:
+    Zheng, Zheng, Garrett, Yang, Xu, Shen. Dual-Path Convolutional Image-Text
+    Embeddings with Instance Loss. ACM TOMM 2020.
+  """
+  sim_fn, dtype = _similarity(rel, similarity)
+  gamma = _checks.scalar(scale, "scale", dtype, positive=True)
+  ((lse_all, lse_pos, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_all_pairs_terms(1.0), ("lse", "lse", "sum", "sum")),),
+    sim_fn,
+    params=1.0 / gamma,
+  )
+  if not rel.self_pairs:
+    return jnp.where(_engine.active(n_pos, n_neg), lse_all - lse_pos, 0.0)
+  own = gamma * _self_similarity(rel, sim_fn)
+  numerator = jnp.where(n_pos > 0, jnp.logaddexp(own, lse_pos), own)
+  return jnp.where(n_neg > 0, jnp.logaddexp(own, lse_all) - numerator, 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# Decoupled contrastive learning: NT-Xent without the positive in the denominator.
+
+_WEIGHTINGS = (None, "dclw")
+
+
+def _dcl_terms(b: Block):
+  tau, sigma = b.params[:2]
+  return [
+    (b.s / tau, b.negative),
+    (_engine.ones(b), b.negative),
+    (b.s / tau, b.positive),
+    (_engine.ones(b), b.positive),
+    (b.s / sigma, b.positive),
+  ]
+
+
+def _dclw_terms(b: Block):
+  tau, sigma = b.params
+  weight = 2.0 - jnp.exp(b.s / sigma - b.a_aux[:, None])
+  return [(weight * b.s / tau, b.positive)]
+
+
+def _log_mean_exp(lse: jax.Array, count: jax.Array, axis_name: str | None):
+  r""":math:`\log` of the mean of :math:`e^x` over every pair summed in the per-anchor
+  log-sum-exps ``lse`` (``count`` pairs each), over the devices of ``axis_name``."""
+  has = count > 0
+  peak = jax.lax.stop_gradient(jnp.max(jnp.where(has, lse, -jnp.inf)))
+  if axis_name is not None:
+    peak = jax.lax.pmax(peak, axis_name)
+  peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+  total = jnp.sum(jnp.where(has, jnp.exp(jnp.where(has, lse, peak) - peak), 0.0))
+  pairs_ = jnp.sum(count)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)
+    pairs_ = jax.lax.psum(pairs_, axis_name)
+  ok = pairs_ > 0
+  return jnp.where(
+    ok, jnp.log(jnp.where(ok, total, 1.0)) + peak - jnp.log(jnp.maximum(pairs_, 1.0)), 0
+  )
+
+
+@_batch_loss
+def decoupled_contrastive_loss(
+  rel: pairs.Relation,
+  *,
+  temperature: float | jax.Array = 0.1,
+  weighting: str | None = None,
+  sigma: float | jax.Array = 0.5,
+  similarity: str | distances.DistanceFn = "cosine",
+) -> jax.Array:
+  r"""Decoupled contrastive loss (DCL, and the weighted DCLW): NT-Xent without the
+  positive in the denominator.
+
+  .. math::
+    \ell_i = \frac{1}{|P_i|} \sum_{p \in P_i} -w_{ip}\, s_{ip}/\tau
+      + \log \sum_{q \in N_i} e^{s_{iq}/\tau}
+
+  with :math:`s` = ``similarity`` (cosine), :math:`\tau` = ``temperature`` and
+  :math:`w_{ip} = 1` (DCL, ``weighting=None``) or, with ``weighting='dclw'``,
+
+  .. math::
+    w_{ip} = 2 - \frac{e^{s_{ip}/\sigma}}{\mathbb{E}\big[e^{s/\sigma}\big]},
+
+  the expectation over every positive pair of the batch (of every device with
+  ``axis_name``), :math:`\sigma` = ``sigma``: easy positives (already similar) weigh
+  less. Dropping the positive from the denominator removes the negative-positive
+  coupling that makes NT-Xent's gradient vanish for small batches; the loss may be
+  negative. SimCLR's batch of 2N views (labels the image index) gives the paper's
+  loss: the authors' ``DCL(temperature=t)(z1, z2) + DCL(...)(z2, z1)`` (and ``DCLW(
+  sigma, temperature)`` likewise) is ``2 * losses.mean()`` over the 2N rows. The
+  weights are differentiated, as in the authors' code. An anchor without a positive
+  or without a negative gets 0. Blockwise, DCLW sweeps twice (the batch mean of the
+  positives' exponentials first).
+
+  Args:
+    {relation}
+    temperature: :math:`\tau > 0`, a number or a scalar array (a traced value is not
+      checked). Default 0.1, the authors'.
+    weighting: None (DCL) or 'dclw' (the von Mises-Fisher weighting of DCLW).
+    sigma: :math:`\sigma > 0`, DCLW's weighting temperature (0.5, the authors').
+    similarity: 'cosine' (default), 'dot', or a callable.
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+  >>> # anchor 0: positive at cos 1, negatives at cos 0 and -1, tau 1:
+  >>> # -1 + log(e^0 + e^-1) = -0.68673...
+  >>> decoupled_contrastive_loss(e, jnp.array([0, 0, 1, 2]), temperature=1.0)[0]
+  Array(-0.68673..., dtype=float32)
+
+  References:
+    Yeh, Hong, Hsu, Liu, Chen, LeCun. Decoupled Contrastive Learning. ECCV 2022.
+  """
+  if weighting not in _WEIGHTINGS:
+    raise ValueError(f"weighting must be None or 'dclw', got {weighting!r}.")
+  sim_fn, dtype = _similarity(rel, similarity)
+  tau = _checks.scalar(temperature, "temperature", dtype, positive=True)
+  sig = _checks.scalar(sigma, "sigma", dtype, positive=True)
+  ((neg_lse, n_neg, pos_sum, n_pos, pos_lse),) = _engine.pair_statistics(
+    rel,
+    (Pass(_dcl_terms, ("lse", "sum", "sum", "sum", "lse")),),
+    sim_fn,
+    params=(tau, sig),
+  )
+  if weighting == "dclw":
+    # The batch mean, one copy per anchor: a per-device array (inside shard_map
+    # its gradient is summed over the devices where it is broadcast).
+    log_mean = _log_mean_exp(pos_lse, n_pos, rel.axis_name) + jnp.zeros_like(pos_lse)
+    ((pos_sum,),) = _engine.pair_statistics(
+      rel,
+      (Pass(_dclw_terms, ("sum",), positive_only=True),),
+      sim_fn,
+      params=(tau, sig),
+      anchor_aux=log_mean,
+    )
+  return jnp.where(
+    _engine.active(n_pos, n_neg), neg_lse - _engine.mean(pos_sum, n_pos), 0.0
+  )
+
+
+# ----------------------------------------------------------------------------------
+# SupCon for multi-label batches: positives weighted by the overlap of label sets.
+
+
+def _label_sets(labels, rows: int, name: str) -> jax.Array:
+  """Integer labels [n] (each a one-label set), or multi-hot label sets [n, C] (bool
+  or 0/1; a row of -1 is padding), checked."""
+  labels = jnp.asarray(labels)
+  if labels.ndim == 1:
+    return _checks.check_labels(labels, rows, name)
+  if labels.ndim != 2 or labels.shape[0] != rows:
+    raise ValueError(
+      f"{name} must be [{rows}] integer labels or [{rows}, C] multi-hot label sets "
+      f"to match the embeddings, got shape {tuple(labels.shape)}."
+    )
+  if labels.dtype == jnp.bool_:
+    return labels.astype(jnp.int32)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"{name} must be bool or integers (0/1), got {labels.dtype}.")
+  value = _checks.concrete_value(labels)
+  if value is not None:
+    pad = np.all(value == -1, axis=1)
+    if not np.all(pad[:, None] | (value == 0) | (value == 1)):
+      raise ValueError(
+        f"{name} must hold 0/1 label sets, or rows of -1 for padding; got other values."
+      )
+  return labels
+
+
+def _overlap(a: jax.Array, b: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """[n, m] Jaccard index |A & B| / |A | B| of label sets [n, C], [m, C] (1 for two
+  empty sets); of integer labels [n], [m]: 1 where equal, else 0."""
+  if a.ndim == 1:
+    return (a[:, None] == b[None, :]).astype(dtype)
+  a, b = (a > 0).astype(dtype), (b > 0).astype(dtype)
+  inter = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+  union = jnp.sum(a, axis=1)[:, None] + jnp.sum(b, axis=1)[None, :] - inter
+  return jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 1.0)
+
+
+@functools.cache
+def _overlap_at_least(threshold: float):
+  """The label comparison 'Jaccard index >= threshold' (one function per value)."""
+  return lambda a, b: _overlap(a, b) >= threshold
+
+
+def _multi_supcon_terms(b: Block):
+  logits = b.s / b.params
+  if jax.tree.leaves(b.a_aux):  # label sets: the Jaccard index of the two rows
+    weight = _overlap(b.a_aux, b.c_aux, b.s.dtype)
+  else:  # one label per row: every positive weighs 1
+    weight = _engine.ones(b)
+  return [
+    (logits, b.positive | b.negative),
+    (weight * logits, b.positive),
+    (weight, b.positive),
+    (_engine.ones(b), b.positive),
+    (_engine.ones(b), b.negative),
+  ]
+
+
+@_batch_loss
+def _multi_supcon(
+  rel: pairs.Relation,
+  *,
+  temperature: float | jax.Array = 0.1,
+  threshold: float = 0.5,
+  similarity: str | distances.DistanceFn = "cosine",
+) -> jax.Array:
+  r"""Supervised contrastive loss for multi-label batches: positives weighted by the
+  overlap of their label sets.
+
+  .. math::
+    \ell_i = -\frac{1}{|P_i|} \sum_{p \in P_i} J_{ip}
+      \log \frac{e^{s_{ip}/\tau}}{\sum_{a \in P_i \cup N_i} e^{s_{ia}/\tau}},
+    \qquad
+    J_{ij} = \frac{|Y_i \cap Y_j|}{|Y_i \cup Y_j|},
+    \quad P_i = \{j : J_{ij} \ge c\}
+
+  with :math:`Y_i` the label set of row :math:`i`, :math:`J` the Jaccard index (1 for
+  two empty sets, 0 for an empty and a non-empty one), :math:`c` = ``threshold``,
+  :math:`N_i` the other valid candidates (:math:`J < c`), :math:`s` = ``similarity``
+  (cosine) and :math:`\tau` = ``temperature``. ``labels`` are multi-hot label sets
+  [n, C] (bool, or 0/1 integers with a row of -1 for padding; ``ref_labels`` [m, C]
+  likewise), or integer labels [n] (one-label sets: :math:`J` is 1 for equal labels, 0
+  otherwise, and the loss is :func:`supcon_loss`). A ``label_comparison`` or
+  ``positive_mask`` replaces the threshold rule (the weights stay :math:`J`). An
+  anchor without a positive or without a negative gets 0, as in
+  :func:`supcon_loss`. The weights are computed block by block from the label rows,
+  so the loss runs blockwise like the others.
+
+  pytorch-metric-learning 3's ``MultiSupConLoss(temperature=t, threshold=c)``
+  (Jaccard-weighted, the threshold inclusive, cosine) is ``losses.mean()`` over the
+  anchors that have a positive and a negative (it also gives a loss to an anchor
+  whose candidates are all positives; here that anchor gets 0).
+
+  Args:
+    {relation}
+    temperature: :math:`\tau > 0`, a number or a scalar array (a traced value is not
+      checked). Default 0.1, as SupCon.
+    threshold: :math:`c \in (0, 1]`, a number known at trace time: the least overlap
+      of a positive. Default 0.5, pytorch-metric-learning's.
+    similarity: 'cosine' (default), 'dot', or a callable.
+
+  Returns:
+    [n] per-anchor losses.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  >>> y = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 1]])  # {0, 1}, {0}, {2}
+  >>> # J(0, 1) = 1/2: a positive of weight 1/2; row 2 a negative; tau 1:
+  >>> # -1/2 log(e / (e + e^0)) = log(1 + e^-1) / 2
+  >>> multi_supcon_loss(e, y, temperature=1.0)
+  Array([0.15663..., 0.15663..., 0.        ], dtype=float32)
+
+  References:
+    Khosla et al. Supervised Contrastive Learning. NeurIPS 2020 (the loss it extends;
+    the Jaccard-weighted multi-label form is pytorch-metric-learning's
+    ``MultiSupConLoss``).
+  """
+  sim_fn, dtype = _similarity(rel, similarity)
+  tau = _checks.scalar(temperature, "temperature", dtype, positive=True)
+  sets = () if rel.labels.ndim == 1 else (rel.labels > 0).astype(dtype)
+  ref_sets = () if rel.labels.ndim == 1 else (rel.ref_labels > 0).astype(dtype)
+  ((lse, w_logit, w_sum, n_pos, n_neg),) = _engine.pair_statistics(
+    rel,
+    (Pass(_multi_supcon_terms, ("lse", "sum", "sum", "sum", "sum")),),
+    sim_fn,
+    params=tau,
+    anchor_aux=sets,
+    candidate_aux=ref_sets,
+  )
+  loss = (w_sum * lse - w_logit) / jnp.maximum(n_pos, 1.0)
+  return jnp.where(_engine.active(n_pos, n_neg), loss, 0.0)
+
+
+def multi_supcon_loss(
+  embeddings: jax.Array, labels: jax.Array, **kwargs: Any
+) -> jax.Array:
+  # The public form of ``_multi_supcon`` (its signature and docstring): label sets
+  # [n, C] are checked here, and 'Jaccard >= threshold' is the default comparison.
+  _checks.check_rank(jnp.asarray(embeddings), 2, "embeddings", "[n, d]")
+  threshold = kwargs.setdefault("threshold", 0.5)
+  if isinstance(threshold, bool) or _checks.concrete_value(threshold) is None:
+    raise ValueError(
+      f"threshold must be a number known at trace time, got {threshold!r}."
+    )
+  if np.ndim(threshold) != 0:
+    raise ValueError(f"threshold must be a scalar, got shape {np.shape(threshold)}.")
+  _checks.check_positive(threshold, "threshold")
+  _checks.check_in_range(threshold, "threshold", 0.0, 1.0)
+  labels = _label_sets(labels, jnp.shape(embeddings)[0], "labels")
+  ref_labels, ref = kwargs.get("ref_labels"), kwargs.get("ref_embeddings")
+  if ref_labels is not None and ref is not None:
+    _checks.check_rank(jnp.asarray(ref), 2, "ref_embeddings", "[m, d]")
+    ref_labels = _label_sets(ref_labels, jnp.shape(ref)[0], "ref_labels")
+    if ref_labels.shape[1:] != labels.shape[1:]:
+      raise ValueError(
+        "ref_labels must have the form of labels (the same number of classes), got "
+        f"{tuple(ref_labels.shape)} and {tuple(labels.shape)}."
+      )
+    kwargs["ref_labels"] = ref_labels
+  if kwargs.get("label_comparison") is None:
+    kwargs["label_comparison"] = _overlap_at_least(float(threshold))
+  return _multi_supcon(embeddings, labels, **kwargs)
+
+
+multi_supcon_loss.__signature__ = inspect.signature(_multi_supcon)
+multi_supcon_loss.__doc__, _multi_supcon.__doc__ = _multi_supcon.__doc__, None

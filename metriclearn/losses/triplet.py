@@ -34,18 +34,26 @@ with ``max_positives=k`` they take the k first positives of each anchor as slots
 through the engine too, in O(n m k) (dense, blockwise or over a ring); without it, the
 exact forms for any number of positives (batch-all: every triplet, n x m x m, or the
 sorted O(n m log m) form in blocks of anchors; semi-hard: sorted rows).
+
+``swap=True`` (Balntas et al. 2016's distance swap) replaces :math:`d_{an}` by
+:math:`\min(d_{an}, d_{pn})`: the positive takes the anchor's place when it is the one
+nearer the negative. It needs the positive's distances to the negatives, so the batch
+forms fetch the embedding of each triplet's positive (the k slot positives, or the
+hardest positive of batch-hard: :func:`candidate_rows`, which passes the rows around
+the ring with ``ring=True``) and compare it with the candidates in one more pass.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from metriclearn import _checks, distances, masks, pairs, reduce
-from metriclearn.losses import _engine
-from metriclearn.losses._engine import Block, Pass
+from metriclearn.losses import _engine, _slots
+from metriclearn.losses._engine import Block, Pass, average_terms
 
 __all__ = [
   "DEFAULT_MARGIN",
@@ -60,7 +68,6 @@ __all__ = [
 ]
 
 DEFAULT_MARGIN = 0.2
-_AVERAGES = ("anchor", "batch")
 
 
 # ----------------------------------------------------------------------------------
@@ -83,32 +90,6 @@ def triplet_formula(
   return jax.nn.softplus(x) if soft else jax.nn.relu(x)
 
 
-def _check_average(average: str) -> None:
-  if average not in _AVERAGES:
-    raise ValueError(f"average must be one of {_AVERAGES}, got {average!r}.")
-
-
-def average_terms(
-  total: jax.Array, count: jax.Array, average: str, axis_name: str | None
-) -> jax.Array:
-  """Per-anchor ``total`` [n] over ``count`` [n] terms, as an anchor or batch average.
-
-  'anchor': ``total / count`` (0 where ``count`` is 0). 'batch': ``total * N / C`` with
-  ``N`` the number of anchors and ``C`` the number of terms in the whole batch (every
-  device of ``axis_name``), so that the plain mean of the values is ``sum(total) / C``.
-  """
-  if average == "anchor":
-    safe = jnp.maximum(count, 1).astype(total.dtype)
-    return jnp.where(count > 0, total / safe, 0.0)
-  n_anchors = count.shape[0]
-  batch_count = jnp.sum(count)
-  if axis_name is not None:
-    n_anchors *= jax.lax.axis_size(axis_name)
-    batch_count = jax.lax.psum(batch_count, axis_name)
-  scale = n_anchors / jnp.maximum(batch_count, 1).astype(total.dtype)
-  return total * scale
-
-
 # ----------------------------------------------------------------------------------
 # Triplet form.
 
@@ -122,6 +103,7 @@ def triplet_margin_loss(
   distance: str | distances.DistanceFn = "euclidean",
   squared: bool = True,
   soft: bool = False,
+  swap: bool = False,
 ) -> jax.Array:
   r"""Triplet margin loss of one triplet (FaceNet by default).
 
@@ -129,7 +111,9 @@ def triplet_margin_loss(
     \ell = \max\big(0,\; m + D(a, p)^k - D(a, n)^k\big), \qquad
     \ell_\text{soft} = \log\big(1 + e^{\,m + D(a, p)^k - D(a, n)^k}\big)
 
-  with :math:`k = 2` if ``squared`` else 1. The defaults are FaceNet's
+  with :math:`k = 2` if ``squared`` else 1; with ``swap=True`` (Balntas et al.'s
+  distance swap) :math:`D(a, n)^k` becomes :math:`\min(D(a, n)^k, D(p, n)^k)`, as
+  ``torch.nn.TripletMarginLoss(swap=True)``. The defaults are FaceNet's
   :math:`\max(\|a - p\|^2 - \|a - n\|^2 + 0.2, 0)`; ``squared=False`` is the plain
   Euclidean form (``torch.nn.TripletMarginLoss``); ``soft=True`` is Hermans et al.'s
   soft margin :math:`\log(1 + e^{d_{ap} - d_{an}})`. A batch of triplets is
@@ -144,6 +128,7 @@ def triplet_margin_loss(
       ``(x1 [d], x2 [d]) -> scalar``.
     squared: square the distance (default True, FaceNet).
     soft: replace the hinge by the soft-plus :math:`\log(1 + e^x)`.
+    swap: use the smaller of D(a, n) and D(p, n) (the distance swap).
 
   Returns:
     A scalar loss.
@@ -152,11 +137,16 @@ def triplet_margin_loss(
   >>> a, p, n = jnp.zeros(2), jnp.array([0.3, 0.4]), jnp.array([0.0, 0.6])
   >>> round(float(triplet_margin_loss(a, p, n)), 4)  # 0.25 - 0.36 + 0.2
   0.09
+  >>> # swap: |p - n|^2 = 0.09 + 0.04 = 0.13 < 0.36 -> 0.25 - 0.13 + 0.2
+  >>> round(float(triplet_margin_loss(a, p, n, swap=True)), 4)
+  0.32
 
   References:
     Schroff, Kalenichenko, Philbin. FaceNet: A Unified Embedding for Face Recognition
     and Clustering. CVPR 2015. Hermans, Beyer, Leibe. In Defense of the Triplet Loss
-    for Person Re-Identification. arXiv:1703.07737, 2017.
+    for Person Re-Identification. arXiv:1703.07737, 2017. Balntas, Riba, Ponsa,
+    Mikolajczyk. Learning local feature descriptors with triplets and shallow
+    convolutional neural networks. BMVC 2016 (the distance swap).
   """
   names = ("anchor", "positive", "negative")
   arrays = [
@@ -172,7 +162,10 @@ def triplet_margin_loss(
   anchor, positive, negative = _checks.common_float(*arrays)
   margin = resolve_margin(margin, soft)
   dist = distances.distance_fn(distance, squared, pairwise=False)
-  return triplet_formula(dist(anchor, positive), dist(anchor, negative), margin, soft)
+  d_an = dist(anchor, negative)
+  if swap:
+    d_an = jnp.minimum(d_an, dist(positive, negative))
+  return triplet_formula(dist(anchor, positive), d_an, margin, soft)
 
 
 # ----------------------------------------------------------------------------------
@@ -181,104 +174,22 @@ def triplet_margin_loss(
 _batch_loss = pairs.batch_form(executor=True)
 
 
-def _max_positives(k) -> int | None:
-  if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-    raise ValueError(f"max_positives must be None or a positive int, got {k!r}.")
-  return k
-
-
-# The k first positives of each anchor as slots (engine passes): their indices, the
-# anchor's positive and negative counts and its farthest negative, then the distance to
-# each slot's positive. Flattened statistics: 0 slot, 1 n_pos, 2 n_neg, 3 far, 4 d_ap.
-
-
-def _first_positives(b: Block):
-  index = jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape)
-  ones = _engine.ones(b)
-  return [
-    (index, b.positive),
-    (ones, b.positive),
-    (ones, b.negative),
-    (b.s, b.negative),
-  ]
-
-
-def _positive_distances(b: Block):
-  index = b.c_index.astype(b.s.dtype)
-  hit = (index[None, None, :] == b.prev[0][:, :, None]) & b.positive[:, None, :]
-  return [(jnp.broadcast_to(b.s[:, None, :], hit.shape), hit)]
-
-
-def _slot_view(b: Block) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(negatives of valid slots [ba, k, bc], d_ap [ba, k, 1], D_an [ba, 1, bc])."""
-  valid = jnp.isfinite(b.prev[0])[:, :, None]
-  return valid & b.negative[:, None, :], b.prev[4][:, :, None], b.s[:, None, :]
-
-
-def _by_slots(rel, k: int, dist_fn, last: Pass, margin):
-  passes = (
-    Pass(_first_positives, ("smallest", "sum", "sum", "max"), slots=k),
-    Pass(_positive_distances, ("sum",), positive_only=True),
-    last,
-  )
-  (slot, n_pos, n_neg, far), (d_ap,), stats = _engine.pair_statistics(
-    rel, passes, dist_fn, consts=margin
-  )
-  return jnp.isfinite(slot), n_pos, n_neg, far, d_ap, stats
-
-
-def _bounded(rel, k: int | None, bounded, exact, fallback: bool = True):
-  """The slot form, or the exact one where a batch has more than ``k`` positives for
-  an anchor (NaN for those anchors where there is no exact form: over a ring)."""
-  if k is None:
-    return exact()
-  total, count, n_pos = bounded()
-  over = n_pos > k
-  if rel.ring or not fallback:
-    return jnp.where(over, jnp.nan, total), count
-  any_over = jnp.any(over)
-  if rel.axis_name is not None:
-    any_over = jax.lax.psum(any_over.astype(jnp.int32), rel.axis_name) > 0
-  return jax.lax.cond(any_over, exact, lambda: (total, count))
-
-
-def _by_rows(rel: pairs.Relation, fn) -> tuple[jax.Array, jax.Array]:
-  """``fn(pairs.Pairs) -> (total [ba], count [ba])`` on blocks of anchors against every
-  candidate (``rel.block_size[0]`` at a time, all at once without a block size), each
-  block recomputed in the backward pass. Memory: ``block x M``."""
-  if rel.ring:
-    raise ValueError(
-      "ring=True needs max_positives: the exact form compares each anchor with all "
-      "its candidates at once."
-    )
-  n = rel.anchors.shape[0]
-  if rel.block_size is None:
-    return fn(pairs.dense(rel))
-  ba = max(1, min(rel.block_size[0], n))
-  na = _engine.round_up(n, ba)
-
-  def pad(x, value):
-    return None if x is None else _engine.pad_rows(x, na, value)
-
-  padded = rel._replace(
-    anchors=pad(rel.anchors, 0),
-    labels=pad(rel.labels, -1),
-    positive_mask=pad(rel.positive_mask, False),
-    mask=pad(rel.mask, False),
-  )
-  block = jax.checkpoint(lambda i0: fn(pairs.dense(padded, rows=(i0, ba))))
-  starts = jnp.arange(0, na, ba, dtype=_engine.index_dtype())
-  total, count = jax.lax.map(block, starts)
-  return total.reshape(na)[:n], count.reshape(na)[:n]
-
-
 def batch_all_terms(
-  dist: jax.Array, positive: jax.Array, negative: jax.Array, margin, soft: bool
+  dist: jax.Array,
+  positive: jax.Array,
+  negative: jax.Array,
+  margin,
+  soft: bool,
+  d_pn: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Every triplet of an [n, m] distance matrix (n x m x m): per anchor, the sum of the
-  triplet losses and the number of active (non-zero) triplets."""
+  triplet losses and the number of active (non-zero) triplets. ``d_pn`` [m, m]: the
+  distances between candidates, for the distance swap."""
   triplets = masks.triplet_mask(positive, negative)  # [n, p, q]
-  losses = triplet_formula(dist[:, :, None], dist[:, None, :], margin, soft)
+  d_an = dist[:, None, :]
+  if d_pn is not None:
+    d_an = jnp.minimum(d_an, d_pn[None])
+  losses = triplet_formula(dist[:, :, None], d_an, margin, soft)
   total = reduce.masked_sum(losses, triplets, axis=(1, 2))
   return total, jnp.sum(triplets & (losses > 0), axis=(1, 2)).astype(total.dtype)
 
@@ -303,15 +214,15 @@ def _sorted_batch_all(p: pairs.Pairs, dist_fn, margin) -> tuple[jax.Array, jax.A
   return total, jnp.sum(jnp.where(p.positive, k, 0), axis=1).astype(total.dtype)
 
 
-def _batch_all_hinge(b: Block):
-  negative, d_ap, d_an = _slot_view(b)
+def _batch_all_hinge(b: Block, swap=None):
+  negative, d_ap, d_an = _slots.slot_view(b, swap)
   active = negative & (d_an < d_ap + b.consts)
   d_an = jnp.broadcast_to(d_an, active.shape)
   return [(jnp.ones_like(d_an), active), (d_an, active)]
 
 
-def _batch_all_soft(b: Block):
-  negative, d_ap, d_an = _slot_view(b)
+def _batch_all_soft(b: Block, swap=None):
+  negative, d_ap, d_an = _slots.slot_view(b, swap)
   per = triplet_formula(d_ap, d_an, b.consts, True)
   return [(per, negative), (jnp.ones_like(per), negative & (per > 0))]
 
@@ -326,6 +237,7 @@ def batch_all_triplet_loss(
   soft: bool = False,
   average: Literal["anchor", "batch"] = "anchor",
   max_positives: int | None = None,
+  swap: bool = False,
 ) -> jax.Array:
   r"""Batch-all triplet loss: every valid triplet, averaged over the active ones.
 
@@ -361,6 +273,16 @@ def batch_all_triplet_loss(
     then per positive a binary search and a prefix sum: O(n m log m) time, memory
     block x m (hinge only: ``soft=True`` has no sorted form).
 
+  ``swap=True``: every triplet takes :math:`\min(D_{an}, D_{pn})` for :math:`D_{an}`
+  (Balntas et al.). With ``max_positives=k`` one more pass compares the k slot
+  positives with the candidates; without it the [m, m] distances between candidates
+  join the triplets (blocks of anchors with ``block_size``: memory block x m x m, the
+  sorted form no longer applies). pytorch-metric-learning's
+  ``TripletMarginLoss(margin=m, swap=True)`` is ``swap=True, average='batch'``,
+  ``losses.mean()`` on L2-normalised embeddings (its default distance normalises);
+  with a ``BatchHardMiner`` it is the same with ``mask=miners.batch_hard_miner(...)``
+  (its mined triplet, then the swap).
+
   Args:
     {relation}
     margin: m >= 0; ``None``: 0.2 for the hinge, 0 with ``soft=True``.
@@ -370,6 +292,7 @@ def batch_all_triplet_loss(
     soft: soft-plus instead of the hinge (every triplet is then active).
     average: 'anchor' or 'batch', see above.
     max_positives: a static bound k on the positives of an anchor, or None.
+    swap: the distance swap, see above.
 
   Returns:
     [n] per-anchor losses.
@@ -383,21 +306,24 @@ def batch_all_triplet_loss(
 
   References:
     Hermans, Beyer, Leibe. In Defense of the Triplet Loss for Person
-    Re-Identification. arXiv:1703.07737, 2017 (batch all, "BA≠0").
+    Re-Identification. arXiv:1703.07737, 2017 (batch all, "BA≠0"). Balntas, Riba,
+    Ponsa, Mikolajczyk. Learning local feature descriptors with triplets and shallow
+    convolutional neural networks. BMVC 2016 (the distance swap).
   """
-  _check_average(average)
-  k = _max_positives(max_positives)
+  _engine.check_average(average)
+  k = _slots.max_positives(max_positives)
   margin = resolve_margin(margin, soft)
   dist_fn = distances.distance_fn(distance, squared)
   m = jnp.asarray(margin).astype(rel.anchors.dtype)
+  swap_fn = dist_fn if swap else None
 
   def bounded():
     last = (
-      Pass(_batch_all_soft, ("sum", "sum"), prev_grad=(4,))
+      Pass(functools.partial(_batch_all_soft, swap=swap_fn), ("sum", "sum"), (4,))
       if soft
-      else Pass(_batch_all_hinge, ("sum", "sum"))
+      else Pass(functools.partial(_batch_all_hinge, swap=swap_fn), ("sum", "sum"))
     )
-    valid, n_pos, _, _, d_ap, stats = _by_slots(rel, k, dist_fn, last, m)
+    valid, n_pos, _, _, d_ap, stats = _slots.by_slots(rel, k, dist_fn, last, m, swap)
     if soft:
       total, count = stats
     else:
@@ -406,25 +332,39 @@ def batch_all_triplet_loss(
     total = jnp.sum(jnp.where(valid, total, 0.0), axis=1)
     return total, jnp.sum(jnp.where(valid, count, 0.0), axis=1), n_pos
 
+  def every_triplet(p: pairs.Pairs):
+    d_pn = dist_fn(p.candidates, p.candidates) if swap else None
+    dist = dist_fn(p.anchors, p.candidates)
+    return batch_all_terms(dist, p.positive, p.negative, m, soft, d_pn)
+
   def exact():
     if rel.block_size is None and not rel.ring:
-      p = pairs.dense(rel)
-      dist = dist_fn(p.anchors, p.candidates)
-      return batch_all_terms(dist, p.positive, p.negative, m, soft)
+      return every_triplet(pairs.dense(rel))
+    if swap:
+      return _slots.by_rows(rel, every_triplet)
     if soft:
       raise ValueError(
         "soft=True has no sorted form: use block_size=None (every triplet) or give "
         "max_positives."
       )
-    return _by_rows(rel, lambda p: _sorted_batch_all(p, dist_fn, m))
+    return _slots.by_rows(rel, lambda p: _sorted_batch_all(p, dist_fn, m))
 
-  fallback = not (soft and rel.block_size is not None)
-  total, count = _bounded(rel, k, bounded, exact, fallback)
-  return average_terms(total, count, average, rel.axis_name)
+  fallback = swap or not (soft and rel.block_size is not None)
+  total, count = _slots.bounded(rel, k, bounded, exact, fallback)
+  return _engine.average_terms(total, count, average, rel.axis_name)
 
 
 def _hardest_terms(b: Block):
   return [(b.s, b.positive), (b.s, b.negative)]
+
+
+def _hardest_positive_index(b: Block):  # the first positive at the largest distance
+  index = jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape)
+  return [(index, b.positive & (b.s == b.prev[0][:, None]))]
+
+
+def _nearest_to_positive(b: Block, dist_fn):  # D(p*, q) for the anchor's negatives q
+  return [(dist_fn(b.a_aux, b.c_aux), b.negative)]
 
 
 @_batch_loss
@@ -435,6 +375,7 @@ def batch_hard_triplet_loss(
   distance: str | distances.DistanceFn = "euclidean",
   squared: bool = False,
   soft: bool = False,
+  swap: bool = False,
 ) -> jax.Array:
   r"""Batch-hard triplet loss: the hardest positive and hardest negative of each anchor.
 
@@ -449,6 +390,20 @@ def batch_hard_triplet_loss(
   shared among ties. pytorch-metric-learning's ``TripletMarginLoss(margin=m)`` with a
   ``BatchHardMiner`` is ``losses.mean()`` over anchors that have both kinds of pair.
 
+  ``swap=True`` (Balntas et al.'s distance swap) applied to the hardest triplet: with
+  :math:`p^*` the hardest positive (the first among ties, by position), the negative
+  distance is the hardest one of the swapped triplets :math:`(a, p^*, n)`,
+
+  .. math::
+    \min_{n \in N_a} \min(D_{an}, D_{p^* n})
+    = \min\big(\min_{n \in N_a} D_{an},\; \min_{n \in N_a} D_{p^* n}\big)
+
+  (the row of :math:`p^*` over the anchor's negatives: two more passes, one for the
+  index of :math:`p^*`, one over its distances, after its embedding is fetched). This
+  differs from swapping the mined triplet :math:`(a, p^*, n^*)` alone (PML's
+  ``TripletMarginLoss(swap=True)`` with a ``BatchHardMiner``, which is
+  ``batch_all_triplet_loss(..., swap=True, mask=miners.batch_hard_miner(...))``).
+
   Args:
     {relation}
     margin: m >= 0; ``None``: 0.2 for the hinge, 0 with ``soft=True``.
@@ -456,6 +411,7 @@ def batch_hard_triplet_loss(
       ``(a [n, d], b [m, d]) -> [n, m]``.
     squared: square the distance (default False, as Hermans et al.).
     soft: soft-plus instead of the hinge.
+    swap: the distance swap, see above.
 
   Returns:
     [n] per-anchor losses.
@@ -474,11 +430,22 @@ def batch_hard_triplet_loss(
     Re-Identification. arXiv:1703.07737, 2017.
   """
   margin = resolve_margin(margin, soft)
-  ((hardest_pos, hardest_neg),) = _engine.pair_statistics(
-    rel,
-    (Pass(_hardest_terms, ("max", "min")),),
-    distances.distance_fn(distance, squared),
-  )
+  dist_fn = distances.distance_fn(distance, squared)
+  passes = (Pass(_hardest_terms, ("max", "min")),)
+  if swap:
+    passes += (Pass(_hardest_positive_index, ("smallest",), slots=1),)
+  (hardest_pos, hardest_neg), *index = _engine.pair_statistics(rel, passes, dist_fn)
+  if swap:
+    found = jnp.isfinite(index[0][0][:, 0])
+    rows = _slots.candidate_rows(rel, jnp.where(found, index[0][0][:, 0], 0.0))
+    ((nearest,),) = _engine.pair_statistics(
+      rel,
+      (Pass(functools.partial(_nearest_to_positive, dist_fn=dist_fn), ("min",)),),
+      _engine.no_similarity,
+      anchor_aux=rows,
+      candidate_aux=rel.candidates,
+    )
+    hardest_neg = jnp.minimum(hardest_neg, nearest)
   # (not isfinite: a NaN distance must make the loss NaN, not 0)
   valid = (hardest_pos != -jnp.inf) & (hardest_neg != jnp.inf)
   loss = triplet_formula(
@@ -520,7 +487,7 @@ def _sorted_semi_hard(p: pairs.Pairs, dist_fn, margin, soft):
 
 
 def _semi_hard_terms(b: Block):
-  negative, d_ap, d_an = _slot_view(b)
+  negative, d_ap, d_an = _slots.slot_view(b)
   farther = negative & (d_an > d_ap)
   return [(jnp.broadcast_to(d_an, farther.shape), farther)]
 
@@ -535,6 +502,7 @@ def semi_hard_triplet_loss(
   soft: bool = False,
   average: Literal["anchor", "batch"] = "anchor",
   max_positives: int | None = None,
+  swap: bool = False,
 ) -> jax.Array:
   r"""Semi-hard triplet loss: each positive pair with its semi-hard negative.
 
@@ -579,6 +547,10 @@ def semi_hard_triplet_loss(
     soft: soft-plus instead of the hinge.
     average: 'anchor' or 'batch', see above.
     max_positives: a static bound k on the positives of an anchor, or None.
+    swap: not defined here (raises): the semi-hard negative is chosen by its distance
+      to the anchor, and the swap would change which negatives are semi-hard; swap
+      the triplets of a miner's pairs instead, with
+      ``batch_all_triplet_loss(..., swap=True, mask=miners.semi_hard_miner(...))``.
 
   Returns:
     [n] per-anchor losses.
@@ -597,15 +569,23 @@ def semi_hard_triplet_loss(
     Schroff, Kalenichenko, Philbin. FaceNet: A Unified Embedding for Face Recognition
     and Clustering. CVPR 2015.
   """
-  _check_average(average)
-  k = _max_positives(max_positives)
+  if swap:
+    raise ValueError(
+      "swap=True has no semi-hard form (the swap changes which negatives are "
+      "semi-hard): swap the triplets of a miner's pairs instead, with "
+      "batch_all_triplet_loss(..., swap=True, mask=miners.semi_hard_miner(...))."
+    )
+  _engine.check_average(average)
+  k = _slots.max_positives(max_positives)
   margin = resolve_margin(margin, soft)
   dist_fn = distances.distance_fn(distance, squared)
   m = jnp.asarray(margin).astype(rel.anchors.dtype)
 
   def bounded():
     last = Pass(_semi_hard_terms, ("min",))
-    valid, n_pos, n_neg, far, d_ap, (farther,) = _by_slots(rel, k, dist_fn, last, m)
+    valid, n_pos, n_neg, far, d_ap, (farther,) = _slots.by_slots(
+      rel, k, dist_fn, last, m
+    )
     has_neg = n_neg > 0
     d_an = jnp.where(jnp.isfinite(farther), farther, far[:, None])
     d_an = jnp.where(has_neg[:, None], d_an, 0.0)
@@ -615,7 +595,7 @@ def semi_hard_triplet_loss(
     return total, jnp.sum(valid, axis=1).astype(total.dtype), n_pos
 
   def exact():
-    return _by_rows(rel, lambda p: _sorted_semi_hard(p, dist_fn, m, soft))
+    return _slots.by_rows(rel, lambda p: _sorted_semi_hard(p, dist_fn, m, soft))
 
-  total, count = _bounded(rel, k, bounded, exact)
-  return average_terms(total, count, average, rel.axis_name)
+  total, count = _slots.bounded(rel, k, bounded, exact)
+  return _engine.average_terms(total, count, average, rel.axis_name)
