@@ -1,5 +1,7 @@
 """Figures every run writes: training curves, a 2-D map of held-out embeddings,
-positive/negative distance histograms and the verification ROC curve (PNG files)."""
+positive/negative distance histograms, the verification ROC curve and a retrieval grid
+(PNG files). Each takes a fraction of a second to a few seconds (the 2-D map projects a
+few hundred points)."""
 
 from __future__ import annotations
 
@@ -42,27 +44,44 @@ def training_curves(history: list[dict], path) -> pathlib.Path:
 
 
 def embedding_map(
-  embeddings: np.ndarray, labels: np.ndarray, path, *, method: str = "tsne", seed=0
+  embeddings: np.ndarray,
+  labels: np.ndarray,
+  path,
+  *,
+  names=None,
+  max_classes: int = 10,
+  method: str = "tsne",
+  seed: int = 0,
 ) -> pathlib.Path:
-  """Held-out embeddings projected to 2-D (t-SNE or PCA), coloured by class."""
-  embeddings = np.asarray(embeddings, np.float64)
-  if method == "tsne" and len(embeddings) > 5:
-    perplexity = min(30.0, (len(embeddings) - 1) / 3)
-    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-      embeddings
-    )
-  else:
-    xy = PCA(2, random_state=seed).fit_transform(embeddings)
-  fig, ax = plt.subplots(figsize=(5, 5))
+  """Held-out embeddings of a few classes projected to 2-D (t-SNE, or PCA), coloured
+  by class with a legend: ``max_classes`` classes drawn with a fixed seed, so that the
+  map is legible and takes seconds whatever the size of the held-out set. ``names``:
+  a dataset whose ``class_names`` (by label id) name the legend's classes."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
   classes = np.unique(labels)
-  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
+  classes = np.sort(rng.permutation(classes)[:max_classes])
+  keep = np.isin(labels, classes)
+  x, labels = np.asarray(embeddings, np.float64)[keep], labels[keep]
+  if method == "tsne" and len(x) > 5:
+    perplexity = min(30.0, (len(x) - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+    xy = tsne.fit_transform(x)
+  else:
+    method, xy = "pca", PCA(2, random_state=seed).fit_transform(x)
+  class_names = getattr(names, "class_names", None)
+  fig, ax = plt.subplots(figsize=(7, 5))
+  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
   for i, c in enumerate(classes):
     pts = xy[labels == c]
-    color = cmap(i if len(classes) <= 10 else i / max(len(classes) - 1, 1))
-    ax.scatter(pts[:, 0], pts[:, 1], s=6, color=color, label=str(c))
-  if len(classes) <= 10:
-    ax.legend(fontsize=7, markerscale=2, title="class")
-  ax.set(title=f"held-out embeddings ({method.upper()})", xticks=[], yticks=[])
+    label = class_names[c] if class_names is not None else str(c)
+    ax.scatter(pts[:, 0], pts[:, 1], s=14, color=cmap(i % cmap.N), label=label)
+  ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
+  ax.set(
+    title=f"held-out embeddings of {len(classes)} classes ({method.upper()})",
+    xticks=[],
+    yticks=[],
+  )
   return _save(fig, path)
 
 
@@ -82,14 +101,59 @@ def distance_histograms(
 
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, path) -> pathlib.Path:
-  """Verification ROC curve of held-out pairs, with its AUC."""
-  fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  ax.plot(fpr, tpr, lw=1.5, label=f"AUC = {auc:.4f}")
-  ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+  """Verification ROC curve of held-out pairs, with its AUC, on a log false-accept
+  axis (where the operating points of verification lie)."""
+  fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+  floor = max(float(np.min(fpr[fpr > 0], initial=1.0)), 1e-6)
+  fig, ax = plt.subplots(figsize=(4.8, 4.2))
+  ax.plot(np.maximum(fpr, floor), tpr, lw=1.5, label=f"AUC = {auc:.4f}")
+  grid = np.logspace(np.log10(floor), 0, 50)
+  ax.plot(grid, grid, color="grey", ls=":", lw=1, label="chance")
+  ax.set_xscale("log")
   ax.set(
-    xlabel="false accept rate", ylabel="true accept rate", title="verification ROC"
+    xlim=(floor, 1),
+    ylim=(0, 1.01),
+    xlabel="false accept rate (log)",
+    ylabel="true accept rate",
+    title="verification ROC",
   )
   ax.legend(loc="lower right")
+  return _save(fig, path)
+
+
+def retrieval_grid(
+  queries: np.ndarray,
+  query_labels: np.ndarray,
+  neighbours: np.ndarray,
+  neighbour_labels: np.ndarray,
+  path,
+  *,
+  title: str = "nearest neighbours (green: same class, red: other)",
+) -> pathlib.Path:
+  """Each query image (left column) beside its nearest neighbours ``[q, k, ...]``,
+  each framed green when it is of the query's class and red when not (a label of -1:
+  an empty slot)."""
+  q, k = np.asarray(neighbour_labels).shape
+  fig, axes = plt.subplots(q, k + 1, figsize=(1.1 * (k + 1), 1.15 * q), squeeze=False)
+  show = lambda ax, img: ax.imshow(np.squeeze(img), cmap="gray_r", vmin=0, vmax=255)
+  for row in range(q):
+    show(axes[row, 0], queries[row])
+    for col in range(k):
+      ax = axes[row, col + 1]
+      if neighbour_labels[row, col] < 0:
+        ax.set_visible(False)
+        continue
+      show(ax, neighbours[row, col])
+      same = neighbour_labels[row, col] == query_labels[row]
+      for side in ax.spines.values():
+        side.set(color="tab:green" if same else "tab:red", linewidth=3)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_title("query", fontsize=8)
+  for col in range(k):
+    axes[0, col + 1].set_title(f"#{col + 1}", fontsize=8)
+  fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
 

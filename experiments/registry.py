@@ -1,54 +1,70 @@
-"""The losses the experiments compare, each as (step kind, loss function, learnable
-parameters, sampler). One place, so that every comparison uses the same definitions."""
+"""Every loss of ``metriclearn.losses`` as something ``train.py`` can train: its step
+kind, its learnable parameters and the sampler it needs, by name.
+
+``--set loss=<name>``: a loss function's name without ``_loss`` (``supcon``,
+``batch_all_triplet``, ``fastap``, ``vicreg``, ...), or one of the entries of
+:data:`CURATED` (the options the loss comparison used: ``triplet`` is batch-hard with
+margin 0.2, ``log_likelihood`` the sigmoid pair loss with a learned scale, ...).
+``--set loss_kwargs.<option>=<value>`` sets any keyword option of the loss. One place,
+so that every comparison uses the same definitions.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from metriclearn import losses
-from metriclearn.losses import proxy
+from metriclearn import losses, training
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  kind: str  # make_train_step kind: 'pair', 'batch' or 'proxy'
+  kind: str  # make_train_step kind: 'batch', 'proxy', 'pair', 'triplet', 'two_view'
   fn: Callable[..., jax.Array]
   # (key, num_classes, dim) -> the loss's learnable arrays, passed by keyword
   params: Callable[[jax.Array, int, int], dict] = lambda key, c, d: {}
-  sampler: str = "balanced"  # 'pair' (x1, x2, similar) or 'balanced' (P x K)
+  sampler: str = "balanced"  # 'balanced' (P x K), 'pair', 'triplet' or 'views'
+  reduction: str = "mean"  # 'total' for a loss that returns one global loss
 
 
-def _log_likelihood(x1, x2, similar, *, log_scale, bias):
+def _log_likelihood(x1, x2, similar, *, log_scale, bias, **kw):
   # the scale is learned through its log, so that it stays > 0
-  return losses.sigmoid_pair_loss(x1, x2, similar, jnp.exp(log_scale), bias)
+  return losses.sigmoid_pair_loss(x1, x2, similar, jnp.exp(log_scale), bias, **kw)
 
 
-def _koch_l1(x1, x2, similar, *, alpha, bias):
-  return losses.weighted_l1_loss(x1, x2, similar, alpha, bias)
+def _koch_l1(x1, x2, similar, *, alpha, bias, **kw):
+  return losses.weighted_l1_loss(x1, x2, similar, alpha, bias, **kw)
 
 
-def _proxies(key, c, d):
-  return {"proxies": losses.init_proxies(key, c, d)}
+def _siglip(embeddings, labels, *, log_scale, bias, **kw):
+  return losses.sigmoid_pairwise_loss(
+    embeddings, labels, jnp.exp(log_scale), bias, **kw
+  )
+
+
+def _proxies(centers: int = 1, name: str = "proxies"):
+  def init(key, c, d):
+    return {name: losses.init_proxies(key, c, d, num_centers=centers)}
+
+  return init
 
 
 def _linear_head(key, c, d):
   return {"weights": losses.init_proxies(key, c, d), "bias": jnp.zeros((c,))}
 
 
-LOSSES: dict[str, LossSpec] = {
+_PAIR_PARAMS = lambda key, c, d: {"log_scale": jnp.log(4.0), "bias": jnp.asarray(2.0)}
+CURATED: dict[str, LossSpec] = {
   "contrastive": LossSpec(
     "pair", functools.partial(losses.contrastive_loss, margin=1.0), sampler="pair"
   ),
   "log_likelihood": LossSpec(
-    "pair",
-    _log_likelihood,
-    params=lambda key, c, d: {"log_scale": jnp.log(4.0), "bias": jnp.asarray(2.0)},
-    sampler="pair",
+    "pair", _log_likelihood, params=_PAIR_PARAMS, sampler="pair"
   ),
   "koch_l1": LossSpec(
     "pair",
@@ -68,14 +84,86 @@ LOSSES: dict[str, LossSpec] = {
   "multi_similarity": LossSpec("batch", losses.multi_similarity_loss),
   "arcface": LossSpec(
     "proxy",
-    functools.partial(proxy.arcface_loss, scale=30.0, margin=0.3),
-    params=_proxies,
+    functools.partial(losses.arcface_loss, scale=30.0, margin=0.3),
+    params=_proxies(),
   ),
-  "softmax": LossSpec("proxy", proxy.softmax_cross_entropy_loss, params=_linear_head),
+  "softmax": LossSpec("proxy", losses.softmax_cross_entropy_loss, params=_linear_head),
+  # NT-Xent on two augmented views of each item (SimCLR's form), not on labels
+  "simclr": LossSpec(
+    "two_view",
+    training.views_loss(functools.partial(losses.ntxent_loss, temperature=0.1)),
+    sampler="views",
+  ),
 }
 
+# Losses whose learnable arrays or form the signature alone does not say.
+_SPECIAL: dict[str, LossSpec] = {
+  "sigmoid_pair": CURATED["log_likelihood"],
+  "weighted_l1": CURATED["koch_l1"],
+  "sigmoid_pairwise": LossSpec(
+    "batch",
+    _siglip,
+    params=lambda key, c, d: {"log_scale": jnp.log(10.0), "bias": jnp.asarray(-10.0)},
+  ),
+  "margin": LossSpec(
+    "batch", losses.margin_loss, params=lambda key, c, d: {"beta": jnp.asarray(1.2)}
+  ),
+  "histogram": LossSpec("batch", losses.histogram_loss, reduction="total"),
+  "proxy_anchor": LossSpec(
+    "proxy", losses.proxy_anchor_loss, params=_proxies(), reduction="total"
+  ),
+  "subcenter_arcface": LossSpec(
+    "proxy", losses.subcenter_arcface_loss, params=_proxies(3)
+  ),
+  "soft_triple": LossSpec("proxy", losses.soft_triple_loss, params=_proxies(10)),
+  "softmax_cross_entropy": CURATED["softmax"],
+  "large_margin_softmax": LossSpec(
+    "proxy", losses.large_margin_softmax_loss, params=_proxies(name="weights")
+  ),
+}
+_NOT_LOSSES = {"contrastive_pair_losses", "infonce_loss", "pair_statistics"}
 
-def get(name: str) -> LossSpec:
+
+def _spec_of(fn: Callable) -> LossSpec | None:
+  """The spec a loss function's signature implies (None: not a trainable loss)."""
+  names = [
+    p.name
+    for p in inspect.signature(fn).parameters.values()
+    if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+  ]
+  if names == ["embeddings", "labels"]:
+    return LossSpec("batch", fn)
+  if names[:2] == ["embeddings", "labels"] and names[2:] in (["proxies"], ["weights"]):
+    return LossSpec("proxy", fn, params=_proxies(name=names[2]))
+  if names == ["x1", "x2", "similar"]:
+    return LossSpec("pair", fn, sampler="pair")
+  if names == ["anchor", "positive", "negative"]:
+    return LossSpec("triplet", fn, sampler="triplet")
+  if names == ["z1", "z2"]:
+    return LossSpec("two_view", fn, sampler="views")
+  return None
+
+
+def _all_losses() -> dict[str, LossSpec]:
+  out = {}
+  for name in sorted(losses.__all__):
+    if not name.endswith("_loss") or name in _NOT_LOSSES:
+      continue
+    short = name.removesuffix("_loss")
+    spec = _SPECIAL.get(short) or _spec_of(getattr(losses, name))
+    if spec is not None:
+      out[short] = spec
+  return {**out, **CURATED}
+
+
+LOSSES: dict[str, LossSpec] = _all_losses()
+
+
+def get(name: str, **options) -> LossSpec:
+  """The spec of ``name``, its loss with ``options`` (``loss_kwargs``) bound."""
   if name not in LOSSES:
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}.")
-  return LOSSES[name]
+  spec = LOSSES[name]
+  if not options:
+    return spec
+  return dataclasses.replace(spec, fn=functools.partial(spec.fn, **options))

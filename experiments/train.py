@@ -1,23 +1,30 @@
 """metriclearn experiments: one command-line entry.
 
-  python experiments/train.py            # the main job: scikit-learn digits, 0-4 train,
-                                         # 5-9 held out; < 2 min on a 2-core CPU
+  python experiments/train.py            # the main job: Omniglot (the bundled pack),
+                                         # scored on Lake's official one-shot runs
+  python experiments/train.py --smoke    # any configuration in seconds (tests)
+  python experiments/train.py --config experiments/configs/digits.py
   python experiments/train.py --config experiments/configs/omniglot_oneshot.py --seed 1
   python experiments/train.py --config experiments/configs/compare.py \
       --set loss=supcon --set dataset=mnist
 
 A configuration is a Python file with ``get_config() -> dict`` (its docstring states the
 command and the result it should reach); ``--set key=value`` overrides a key (values
-are Python literals). Every run writes into ``--workdir``: ``metrics.json`` (the final
-held-out metrics, the configuration, the machine, the wall time), ``log.jsonl`` (the
-training curve), Orbax ``checkpoints/`` (a rerun resumes from them) and ``figures/``
-(training curves, a 2-D map of held-out embeddings, pair-distance histograms, ROC).
+are Python literals). ``--set holdout=validation`` holds out alphabets of the training
+split instead of testing (choose a configuration there, never on the test set). Every
+run writes into ``--workdir``: ``metrics.json`` (the final held-out metrics, the
+configuration, the machine, the wall time), ``log.jsonl`` (the training curve), Orbax
+``checkpoints/`` (a rerun resumes from them), ``encoder/`` (the trained encoder, for
+``metriclearn.inference.load_encoder``) and ``figures/`` (training curves, a 2-D map
+of held-out embeddings, pair-distance histograms, ROC, a retrieval grid).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -37,13 +44,70 @@ sys.path.insert(0, str(HERE))
 import figures  # noqa: E402
 import registry  # noqa: E402
 
-from metriclearn import data, evaluation, models, training  # noqa: E402
+from metriclearn import (  # noqa: E402
+  data,
+  evaluation,
+  inference,
+  miners,
+  models,
+  training,
+)
 from metriclearn import distances as dist  # noqa: E402
 
-DEFAULT_CONFIG = HERE / "configs" / "digits.py"
+DEFAULT_CONFIG = HERE / "configs" / "omniglot.py"
+# Lake, Salakhutdinov & Tenenbaum 2015 (Science), 20-way one-shot accuracy on the same
+# 20 runs (100 - their error rates), printed beside the main job's result.
+LAKE_TABLE = {
+  "deep convnet": 0.865,
+  "siamese convnet (Koch et al.)": 0.920,
+  "people": 0.955,
+  "BPL": 0.967,
+}
+# --smoke: any configuration in seconds (a few steps, a trimmed evaluation).
+SMOKE = dict(
+  steps=6, eval_every=3, save_every=3, episodes=20, test_classes=20, smoke=True
+)
 
 
 # ------------------------------------------------------------------ configuration
+
+
+# Keys every configuration has (a configuration file may set them): what --set can
+# change without the file naming it.
+DEFAULTS = dict(
+  loss_kwargs={},  # keyword options of the loss: --set loss_kwargs.temperature=0.05
+  miner=None,  # a metriclearn.miners function name (its mask goes to the loss)
+  miner_kwargs={},
+  optimizer="adamw",  # 'adamw', 'adam', 'sgd' (momentum 0.9), 'lamb'
+  schedule="warmup_cosine",  # or 'constant'
+  warmup_steps=None,  # default: min(100, steps / 10)
+  clip_norm=10.0,
+  weight_decay=0.0,
+  augment=None,  # 'koch': Koch et al.'s affine augmentation
+  tta=False,
+  holdout="test",
+  data_path=None,  # Lake's / LeCun's archives (default: $METRICLEARN_DATA, ../shared)
+)
+
+
+def _set(config: dict, item: str) -> None:
+  key, sep, value = item.partition("=")
+  head, dot, option = key.partition(".")
+  known = head in config and (not dot or isinstance(config[head], dict))
+  if not sep or not known:
+    raise ValueError(
+      f"--set {item!r}: expected key=value with a key of the configuration "
+      f"({', '.join(sorted(config))}), or <dict key>.<option>=value for "
+      f"{', '.join(k for k, v in sorted(config.items()) if isinstance(v, dict))}."
+    )
+  try:
+    value = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    pass  # a bare string
+  if dot:
+    config[head] = {**config[head], option: value}
+  else:
+    config[head] = value
 
 
 def load_config(path: str | os.PathLike, overrides=()) -> dict:
@@ -52,26 +116,26 @@ def load_config(path: str | os.PathLike, overrides=()) -> dict:
     raise FileNotFoundError(f"--config: no configuration file at {path}.")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = dict(module.get_config())
+  config = {**DEFAULTS, **module.get_config()}
   for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep or key not in config:
-      raise ValueError(
-        f"--set {item!r}: expected key=value with a key of the configuration "
-        f"({', '.join(sorted(config))})."
-      )
-    try:
-      config[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      config[key] = value  # a bare string
+    _set(config, item)
   return config
 
 
 def data_root(config: dict) -> pathlib.Path:
-  """The offline data: --set data_path=..., else $METRICLEARN_DATA, else ../shared/data
-  beside the repository (where the tests and CI find it)."""
+  """The offline archives: --set data_path=..., else $METRICLEARN_DATA, else
+  ../shared/data beside the repository (where the tests and CI find them)."""
   root = config.get("data_path") or os.environ.get("METRICLEARN_DATA")
   return pathlib.Path(root or HERE.parents[1] / "shared" / "data")
+
+
+def _omniglot_folder(config: dict) -> pathlib.Path | None:
+  """None (the bundled 28 x 28 pack) unless a data path is set or the size is not
+  28; then Lake's archives under the data root."""
+  explicit = config.get("data_path") or os.environ.get("METRICLEARN_DATA")
+  if not explicit and config.get("image_size", 28) in (None, 28):
+    return None
+  return data_root(config) / "omniglot"
 
 
 # ------------------------------------------------------------------ data
@@ -81,26 +145,48 @@ def _classes(ds: data.ImageDataset, classes) -> data.ImageDataset:
   return ds.take(np.flatnonzero(np.isin(ds.labels, classes)))
 
 
+def validation_split(train: data.ImageDataset, config: dict):
+  """Holds out ``validation_groups`` whole groups (Omniglot: alphabets; without
+  groups, a fifth of the classes) of the training split, always the same ones (a
+  permutation of seed 0, whatever the run's seed): (train, validation)."""
+  rng = np.random.default_rng(0)
+  if train.groups is not None:
+    groups = np.unique(train.groups)
+    held = rng.permutation(groups)[: config.get("validation_groups", 5)]
+    mask = np.isin(train.groups, held)
+  else:
+    classes = np.unique(train.labels)
+    held = rng.permutation(classes)[: max(1, len(classes) // 5)]
+    mask = np.isin(train.labels, held)
+  return train.take(np.flatnonzero(~mask)), train.take(np.flatnonzero(mask))
+
+
 def load_data(config: dict):
   """(train, held-out test, official one-shot runs or None), class-disjoint."""
   name, size = config["dataset"], config.get("image_size")
-  root = data_root(config)
   runs = None
   if name == "digits":
     full = data.load("digits")
     train, test = _classes(full, range(5)), _classes(full, range(5, 10))
   elif name == "mnist":
+    root = data_root(config)
     train = _classes(data.load_mnist(root / "mnist", "train"), range(5))
     test = _classes(data.load_mnist(root / "mnist", "test"), range(5, 10))
   elif name == "omniglot":
-    folder = root / "omniglot"
-    train = data.load_omniglot(
-      folder, config.get("train_split", "background"), image_size=size
-    )
+    folder = _omniglot_folder(config)
+    split = config.get("train_split", "background")
+    train = data.load_omniglot(folder, split, image_size=size)
     test = data.load_omniglot(folder, "evaluation", image_size=size)
     runs = data.load_omniglot_runs(folder, image_size=size)
   else:
     raise ValueError(f"dataset must be 'digits', 'mnist' or 'omniglot', got {name!r}.")
+  holdout = config.get("holdout", "test")
+  if holdout == "validation":  # the test classes and the official runs stay unseen
+    (train, test), runs = validation_split(train, config), None
+  elif holdout != "test":
+    raise ValueError(f"holdout must be 'test' or 'validation', got {holdout!r}.")
+  if config.get("test_classes"):  # the first classes only (smoke runs)
+    test = _classes(test, np.unique(test.labels)[: config["test_classes"]])
   if config.get("max_test") and len(test) > config["max_test"]:
     keep = np.random.default_rng(0).choice(len(test), config["max_test"], replace=False)
     test = test.take(np.sort(keep))
@@ -111,52 +197,105 @@ def _images(x) -> np.ndarray:
   return np.asarray(data.to_float(jnp.asarray(x)))
 
 
+def _sampler(config: dict, train: data.ImageDataset, spec: registry.LossSpec):
+  """The seeded host sampler the loss needs, and the image keys of its batches."""
+  seed, size = config["seed"], config["batch_size"]
+  if spec.sampler == "pair":  # batch_size counts images: B/2 pairs, B images a step
+    same = config.get("same_alphabet", False)
+    return data.pair_batches(train, size // 2, same_group=same, seed=seed), (
+      "x1",
+      "x2",
+    )
+  if spec.sampler == "triplet":  # B/3 triplets
+    return data.triplet_batches(train, size // 3, seed=seed), (
+      "anchor",
+      "positive",
+      "negative",
+    )
+  k = 1 if spec.sampler == "views" else config["samples_per_class"]
+  p = size // 2 if spec.sampler == "views" else size // k  # views: B/2 items, twice
+  by_group = config.get("batch_by_group", False)
+  return data.balanced_batches(train, p, k, seed=seed, by_group=by_group), ("image",)
+
+
 def make_batches(config: dict, train: data.ImageDataset, spec: registry.LossSpec):
   """An endless, seeded iterator of (augmented) training batches."""
-  seed = config["seed"]
-  if spec.sampler == "pair":
-    # batch_size counts images: B/2 pairs, so every loss encodes B images a step
-    sampler = data.pair_batches(
-      train,
-      config["batch_size"] // 2,
-      similar_fraction=0.5,
-      same_group=config.get("same_alphabet", False),
-      seed=seed,
-    )
-    keys = ("x1", "x2")
-  else:
-    k = config["samples_per_class"]
-    sampler = data.balanced_batches(
-      train,
-      config["batch_size"] // k,
-      k,
-      seed=seed,
-      by_group=config.get("batch_by_group", False),
-    )
-    keys = ("image",)
+  sampler, keys = _sampler(config, train, spec)
   # proxy losses index classes 0..C-1: map the training labels onto that range
   classes = np.unique(train.labels)
   augment = None
   if config.get("augment") == "koch":
-    affine = jax.jit(lambda key, x: data.random_affine(key, x, **data.KOCH_AFFINE))
-    augment = affine
-  key = jax.random.PRNGKey(seed + 1)
+    augment = jax.jit(lambda key, x: data.random_affine(key, x, **data.KOCH_AFFINE))
+  key = jax.random.PRNGKey(config["seed"] + 1)
 
   def batches():
     for step, batch in enumerate(sampler):
       out = {}
-      for name in keys:
-        x = data.to_float(jnp.asarray(batch[name]))  # stays on the device
-        if augment is not None:
-          x = augment(jax.random.fold_in(jax.random.fold_in(key, step), len(out)), x)
-        out[name] = x
+      names = ("view1", "view2") if spec.sampler == "views" else keys
+      for i, name in enumerate(names):
+        x = data.to_float(jnp.asarray(batch[keys[min(i, len(keys) - 1)]]))
+        if augment is not None:  # (the two views: two draws of the augmentation)
+          x = augment(jax.random.fold_in(jax.random.fold_in(key, step), i), x)
+        out[name] = x  # stays on the device
       if spec.sampler == "pair":
         out["similar"] = batch["similar"]
-      else:
+      elif spec.sampler == "balanced":
         out["label"] = np.searchsorted(classes, batch["label"]).astype(np.int32)
       yield out
 
   return batches(), len(classes)
+
+
+def with_miner(config: dict, spec: registry.LossSpec) -> registry.LossSpec:
+  """The loss with a miner's mask (``config['miner']``, a metriclearn.miners name)."""
+  name = config.get("miner")
+  if not name:
+    return spec
+  fn = getattr(miners, name, None) or getattr(miners, f"{name}_miner", None)
+  if fn is None or not callable(fn) or name.startswith("_"):
+    raise ValueError(f"miner must be a function of metriclearn.miners, got {name!r}.")
+  if spec.kind != "batch":
+    raise ValueError(
+      f"a miner selects pairs of a batch loss; {config['loss']!r} is not."
+    )
+  options = config.get("miner_kwargs") or {}
+
+  def mined(embeddings, labels, **kwargs):
+    relation = {k: kwargs[k] for k in ("axis_name",) if k in kwargs}
+    mask = fn(embeddings, labels, **relation, **options)
+    return spec.fn(embeddings, labels, mask=mask, **kwargs)
+
+  return dataclasses.replace(spec, fn=mined)
+
+
+def make_optimizer(config: dict) -> optax.GradientTransformation:
+  """``config``'s optimizer and learning-rate schedule, with gradient clipping."""
+  steps, lr = config["steps"], config["learning_rate"]
+  warmup = config.get("warmup_steps")
+  warmup = min(100, steps // 10) if warmup is None else warmup
+  if config["schedule"] == "warmup_cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
+  elif config["schedule"] == "constant":
+    schedule = optax.constant_schedule(lr)
+  else:
+    raise ValueError(
+      f"schedule must be 'warmup_cosine' or 'constant', got {config['schedule']!r}."
+    )
+  decay = config.get("weight_decay", 0.0)
+  optimizers = {
+    "adamw": lambda: optax.adamw(schedule, weight_decay=decay),
+    "adam": lambda: optax.adam(schedule),
+    "sgd": lambda: optax.sgd(schedule, momentum=0.9),
+    "lamb": lambda: optax.lamb(schedule, weight_decay=decay),
+  }
+  if config["optimizer"] not in optimizers:
+    raise ValueError(
+      f"optimizer must be one of {sorted(optimizers)}, got {config['optimizer']!r}."
+    )
+  return optax.chain(
+    optax.clip_by_global_norm(config.get("clip_norm", 10.0)),
+    optimizers[config["optimizer"]](),
+  )
 
 
 # ------------------------------------------------------------------ model
@@ -248,15 +387,54 @@ def _pairs(labels, n, rng):
   )
 
 
-def _retrieval(emb, labels) -> dict:
-  out = evaluation.retrieval_metrics(emb, labels)
-  return {k: out[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
+def _official(embed, runs) -> float:
+  """Lake's 20 official runs scored with ``embed`` (images -> embeddings)."""
+  flat = lambda x: _images(x.reshape(-1, *x.shape[2:]))
+  shape = (*runs.train_images.shape[:2], -1)
+  tr = embed(flat(runs.train_images)).reshape(shape)
+  te = embed(flat(runs.test_images)).reshape(shape)
+  return evaluation.omniglot_one_shot(tr, te, runs.answers)["accuracy"]
+
+
+def raw_pixels(test, runs) -> dict:
+  """The baseline of no learning: raw pixels as the embedding."""
+  x = _images(test.images).reshape(len(test), -1)
+  out = evaluation.retrieval_metrics(x, test.labels)
+  metrics = {k: out[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
+  if runs is not None:
+    metrics["official_20way_one_shot"] = _official(
+      lambda x: x.reshape(len(x), -1), runs
+    )
+  return metrics
+
+
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """[n, h, w, c] images moved by (dy, dx) pixels, zeros coming in."""
+  h, w = images.shape[1:3]
+  pad = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (images.ndim - 3)
+  return np.pad(images, pad)[:, 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
+
+
+def embedder(config, eval_step, state):
+  """images -> L2-normalised embeddings; with ``tta`` (test-time augmentation) the
+  normalised mean of the embeddings of the 9 one-pixel shifts of each image."""
+  embed = functools.partial(training.embed, eval_step, state, batch_size=512)
+  if not config.get("tta"):
+    return embed
+
+  def tta(images):
+    views = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    mean = sum(embed(shifted(images, dy, dx)) for dy, dx in views)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+
+  return tta
 
 
 def evaluate(
   config, state, eval_step, test, runs, *, final: bool, workdir=None, history=None
 ) -> dict:
-  emb = training.embed(eval_step, state, _images(test.images), batch_size=512)
+  embed = embedder(config, eval_step, state)
+  emb = embed(_images(test.images))
   labels = test.labels
   out = evaluation.retrieval_metrics(emb, labels, recall_ks=(1, 2, 4, 8))
   metrics = {k: out[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
@@ -267,23 +445,7 @@ def evaluate(
     acc, ways = _one_shot_episodes(emb, labels, groups=test.groups, **episodes, seed=0)
     metrics[f"{ways}way_within_alphabet"] = acc
   if runs is not None:
-    tr = training.embed(
-      eval_step,
-      state,
-      _images(runs.train_images.reshape(-1, *runs.train_images.shape[2:])),
-      batch_size=512,
-    )
-    te = training.embed(
-      eval_step,
-      state,
-      _images(runs.test_images.reshape(-1, *runs.test_images.shape[2:])),
-      batch_size=512,
-    )
-    shape = (*runs.train_images.shape[:2], -1)
-    official = evaluation.omniglot_one_shot(
-      tr.reshape(shape), te.reshape(shape), runs.answers
-    )
-    metrics["official_20way_one_shot"] = official["accuracy"]
+    metrics["official_20way_one_shot"] = _official(embed, runs)
   if not final:
     return metrics
   metrics.update({f"recall_at_{k}": out[f"recall_at_{k}"] for k in (2, 4, 8)})
@@ -296,13 +458,7 @@ def evaluate(
   if workdir is not None:
     fig = pathlib.Path(workdir) / "figures"
     figures.training_curves(history or [], fig / "training_curves.png")
-    sub = np.random.default_rng(0).permutation(len(emb))[:1500]
-    figures.embedding_map(
-      emb[sub],
-      labels[sub],
-      fig / "embedding_map.png",
-      method="tsne" if len(np.unique(labels)) <= 20 else "pca",
-    )
+    figures.embedding_map(emb, labels, fig / "embedding_map.png", names=test)
     figures.distance_histograms(
       pair_dist[similar],
       pair_dist[~similar],
@@ -311,7 +467,19 @@ def evaluate(
     )
     fpr, tpr, _ = evaluation.roc_curve(pair_dist, similar, is_distance=True)
     figures.roc_figure(fpr, tpr, ver["auc"], fig / "roc.png")
+    _retrieval_grid(emb, labels, test.images, fig / "retrieval_grid.png")
   return metrics
+
+
+def _retrieval_grid(emb, labels, images, path, queries: int = 8, k: int = 6):
+  """A few held-out queries beside their nearest held-out neighbours (leave one out:
+  a query never finds itself)."""
+  picks = np.sort(np.random.default_rng(0).choice(len(labels), queries, replace=False))
+  found = np.asarray(evaluation.knn(emb, k=k).indices)[picks]  # -1: no neighbour
+  found_labels = np.where(found < 0, -1, labels[found])
+  return figures.retrieval_grid(
+    images[picks], labels[picks], images[found], found_labels, path
+  )
 
 
 # ------------------------------------------------------------------ the run
@@ -343,18 +511,12 @@ def train_and_evaluate(
   start = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  spec = registry.get(config["loss"])
+  spec = with_miner(config, registry.get(config["loss"], **config["loss_kwargs"]))
   train, test, runs = load_data(config)
   batches, num_classes = make_batches(config, train, spec)
   model = make_model(config)
   key = jax.random.PRNGKey(config["seed"])  # raw uint32 key: Orbax saves it as is
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, config["learning_rate"], min(100, config["steps"] // 10), config["steps"]
-  )
-  tx = optax.chain(
-    optax.clip_by_global_norm(10.0),
-    optax.adamw(schedule, weight_decay=config.get("weight_decay", 0.0)),
-  )
+  tx = make_optimizer(config)
   example = _images(train.images[:2])
   state = training.create_train_state(
     key,
@@ -365,11 +527,13 @@ def train_and_evaluate(
       jax.random.fold_in(key, 7), num_classes, config["embedding_dim"]
     ),
   )
-  step = training.make_train_step(model, spec.fn, kind=spec.kind)
+  step = training.make_train_step(
+    model, spec.fn, kind=spec.kind, reduction=spec.reduction
+  )
   eval_step = training.make_eval_step(model)
   # Reality checks printed beside the result: raw pixels and the untrained encoder.
   baselines = {
-    "raw pixels": _retrieval(_images(test.images).reshape(len(test), -1), test.labels),
+    "raw pixels": raw_pixels(test, runs),
     "untrained": evaluate(config, state, eval_step, test, runs, final=False),
   }
   log_path = workdir / "log.jsonl"
@@ -402,6 +566,17 @@ def train_and_evaluate(
     {"step": config["steps"], **{f"eval/{k}": v for k, v in metrics.items()}}
   )
   figures.training_curves(history, workdir / "figures" / "training_curves.png")
+  # The encoder to keep: parameters and batch statistics, what rebuilds it, the
+  # preprocessing of training (uint8 -> float in [0, 1]); no optimizer state.
+  inference.export_encoder(
+    workdir / "encoder",
+    model,
+    state,
+    input_shape=train.images.shape[1:],
+    input_dtype=train.images.dtype,
+    metadata={"config": config, "dataset": config["dataset"]},
+    overwrite=True,
+  )
   result = {
     "metrics": metrics,
     "baselines": baselines,
@@ -460,8 +635,16 @@ def main(argv=None) -> dict:
     help="override a configuration key (repeatable)",
   )
   parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help="a few steps and a trimmed evaluation: any configuration in seconds",
+  )
   args = parser.parse_args(argv)
   config = load_config(args.config, args.set)
+  if args.smoke:
+    k = config.get("samples_per_class", 2)
+    config.update(SMOKE, batch_size=min(config["batch_size"], 8 * k))
   if args.seed is not None:
     config["seed"] = args.seed
   workdir = args.workdir or (
@@ -475,7 +658,13 @@ def main(argv=None) -> dict:
   result = train_and_evaluate(config, workdir, progress=not args.no_progress)
   print(f"\nheld-out classes ({result['wall_time_s']} s):")
   print(format_table(result["metrics"], result["baselines"]))
-  print(f"\nwrote {workdir}/metrics.json, log.jsonl, checkpoints/, figures/")
+  if "official_20way_one_shot" in result["metrics"]:
+    ours = result["metrics"]["official_20way_one_shot"]
+    rows = {**LAKE_TABLE, f"this run ({config['model']}, {config['loss']})": ours}
+    print("\nLake et al. 2015, 20-way one-shot on the same 20 official runs:")
+    for name, acc in sorted(rows.items(), key=lambda kv: kv[1]):
+      print(f"  {100 * acc:5.1f} %  {name}")
+  print(f"\nwrote {workdir}/metrics.json, log.jsonl, checkpoints/, encoder/, figures/")
   return result
 
 

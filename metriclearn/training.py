@@ -20,12 +20,13 @@ Device placement lives in :mod:`metriclearn.parallel`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +40,7 @@ from flax import nnx, serialization, struct
 from metriclearn import models, pairs, parallel, reduce
 
 Batch = Mapping[str, Any]
-KINDS = ("batch", "pair", "triplet", "proxy")
+KINDS = ("batch", "pair", "triplet", "proxy", "two_view")
 REDUCTIONS = ("mean", "nonzero", "sum", "total")
 # The batch keys each kind of step reads (the names metriclearn.data's samplers emit).
 INPUT_KEYS = {
@@ -47,6 +48,7 @@ INPUT_KEYS = {
   "proxy": ("image",),
   "pair": ("x1", "x2"),
   "triplet": ("anchor", "positive", "negative"),
+  "two_view": ("view1", "view2"),
 }
 TARGET_KEYS = {"batch": ("label",), "proxy": ("label",), "pair": ("similar",)}
 
@@ -74,6 +76,40 @@ class NonFiniteLossError(FloatingPointError):
       f"training stopped: the {' and the '.join(bad)} at step {step}; {kept}. Lower "
       "the learning rate, clip gradients, or check the data of that step."
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+  """A term ``weight * fn(x)`` added to the step's objective.
+
+  ``on="embeddings"``: ``fn(embeddings [n, d]) -> scalar`` of the batch (e.g.
+  ``metriclearn.regularizers.lp_regularizer``); with an ``axis_name`` each device
+  takes its own rows and the gradients are averaged (exact for a mean over rows).
+  ``on=<name>``: ``fn`` of the loss parameter of that name (e.g. ``"proxies"``:
+  ``regularizers.regular_face_regularizer``).
+  """
+
+  fn: Callable[[jax.Array], jax.Array]
+  weight: float = 1.0
+  on: str = "embeddings"
+
+
+def views_loss(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """A batch-form loss for ``kind="two_view"``: the two views of item i are each
+  other's positive (labels: the item's global index), the other items' views its
+  negatives; ``(z1, z2, **options) -> [n]``, each item's mean over its two views (e.g.
+  SimCLR's NT-Xent: ``views_loss(ntxent_loss)``)."""
+
+  def two_view(z1, z2, *, axis_name=None, **options):
+    n = z1.shape[0]
+    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    items = jnp.arange(n, dtype=jnp.int32) + jnp.asarray(first, jnp.int32)
+    both = jnp.concatenate([z1, z2])
+    kw = {} if axis_name is None else {"axis_name": axis_name}
+    values = loss(both, jnp.concatenate([items, items]), **kw, **options)
+    return 0.5 * (values[:n] + values[n:])
+
+  return two_view
 
 
 class Memory(struct.PyTreeNode):
@@ -248,6 +284,7 @@ def make_train_step(
   kind: str = "batch",
   reduction: str = "mean",
   axis_name: str | None = None,
+  regularizers: Sequence[Regularizer] = (),
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   r"""A pure ``step(state, batch) -> (state, metrics)``: encode, loss, reduce, update.
 
@@ -267,6 +304,10 @@ def make_train_step(
                                               proxies=..)`` -> [n]
   pair        x1, x2, similar [n]             ``vmap(loss)(e1, e2, similar)`` -> [n]
   triplet     anchor, positive, negative      ``vmap(loss)(ea, ep, en)`` -> [n]
+  two_view    view1, view2 (two augmented     ``loss(z1, z2, axis_name=..)`` -> a
+              views of the same n items)      scalar (VICReg, Barlow Twins: the whole
+                                              loss, from global statistics), or [n]
+                                              (``views_loss(ntxent_loss)``)
   ==========  ==============================  ==========================================
 
   Bind a loss's options with ``functools.partial``. With a memory in the state
@@ -280,7 +321,7 @@ def make_train_step(
       step's key, see ``metriclearn.models.NNXAdapter``). For exact multi-device
       BatchNorm give its BatchNorm layers the same ``axis_name``.
     loss: any metriclearn loss of the given kind.
-    kind: 'batch', 'proxy', 'pair' or 'triplet' (see the table).
+    kind: 'batch', 'proxy', 'pair', 'triplet' or 'two_view' (see the table).
     reduction: 'mean' over valid examples (label != -1), 'nonzero' (mean over the
       examples with a positive loss), 'sum', or 'total': the loss returns the terms
       of one global loss, the same on every device (e.g. ``proxy_anchor_loss``'s [C]
@@ -288,9 +329,12 @@ def make_train_step(
     axis_name: the mapped axis when run under ``pmap``/``shard_map`` (None: one
       device). Gradients and BatchNorm statistics are averaged over it and batch-form
       losses draw candidates from every device.
+    regularizers: :class:`Regularizer` terms added to the objective (their weighted
+      sum is the ``regularization`` metric).
 
   Returns:
-    ``step(state, batch)``; metrics hold the global mean ``loss`` and ``grad_norm``.
+    ``step(state, batch)``; metrics hold the global mean ``loss`` and ``grad_norm``
+    (and ``regularization`` with regularizers).
 
   >>> import optax
   >>> from metriclearn import models
@@ -309,18 +353,25 @@ def make_train_step(
   if reduction not in REDUCTIONS:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
   model = models.as_linen(model)  # an NNX module through the Linen convention
+  regularizers = tuple(regularizers)
+  for r in regularizers:
+    if not isinstance(r, Regularizer):
+      raise TypeError(f"regularizers must be training.Regularizer, got {r!r}.")
+  extra = {} if axis_name is None else {"axis_name": axis_name}
 
   def per_example(emb, targets, loss_params, memory):
     n = emb.shape[0] // len(INPUT_KEYS[kind])
-    if kind in ("pair", "triplet"):
+    if kind in ("pair", "triplet", "two_view"):
       # (interleaved: row i of every input sits together, see the step)
       k = len(INPUT_KEYS[kind])
       args = list(jnp.moveaxis(emb.reshape(n, k, -1), 1, 0)) + targets
-      values = jax.vmap(lambda *a: loss(*a, **loss_params))(*args)
+      if kind == "two_view":
+        values = loss(*args, **extra, **loss_params)
+      else:
+        values = jax.vmap(lambda *a: loss(*a, **loss_params))(*args)
       return values, jnp.ones((n,), bool), memory
     (labels,) = targets
     valid = labels >= 0
-    extra = {} if axis_name is None else {"axis_name": axis_name}
     if kind == "proxy":
       proxies = loss_params.get("proxies")
       if proxies is not None and jnp.shape(proxies)[-1] != emb.shape[-1]:
@@ -386,20 +437,28 @@ def make_train_step(
       values, valid, memory = per_example(
         emb, targets, trainable["loss_params"], state.memory
       )
-      if values.shape != (n,) and reduction != "total":
+      whole = reduction == "total" or (kind == "two_view" and values.ndim == 0)
+      if values.shape != (n,) and not whole:
         raise ValueError(
           f"a {kind!r} loss must give one value per example, shape ({n},); got "
           f"{tuple(values.shape)} (pass an unreduced loss)."
         )
-      num, den, mean = _reduce(values, valid, reduction, axis_name)
+      num, den, mean = _reduce(
+        values, valid, "total" if whole else reduction, axis_name
+      )
       # Each device's share of the global mean, times the device count so that the
       # pmean of the gradients is the gradient of the global mean. A 'total' loss is
       # already the whole loss on every device (the gathers carry the gradients).
-      share = num / den if reduction == "total" else devices * num / den
-      return share, (mean, updates.get("batch_stats", {}), memory)
+      share = num / den if whole else devices * num / den
+      penalty = jnp.zeros((), share.dtype)
+      for r in regularizers:
+        x = emb if r.on == "embeddings" else trainable["loss_params"][r.on]
+        penalty = penalty + r.weight * r.fn(x)
+      aux = (mean, updates.get("batch_stats", {}), memory, penalty)
+      return share + penalty, aux
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (_, (mean, batch_stats, memory)), grads = grad_fn(state.trainable)
+    (_, (mean, batch_stats, memory, penalty)), grads = grad_fn(state.trainable)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
@@ -416,7 +475,12 @@ def make_train_step(
       opt_state=opt_state,
       memory=memory,
     )
-    return new_state, {"loss": mean, "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": mean, "grad_norm": optax.tree.norm(grads)}
+    if regularizers:
+      metrics["regularization"] = (
+        penalty if axis_name is None else jax.lax.pmean(penalty, axis_name)
+      )
+    return new_state, metrics
 
   step.axis_name = axis_name  # read by pmap_step, shard_map_step and fit
   return step
@@ -602,7 +666,7 @@ def fit(
     NonFiniteLossError: the loss or the gradient became NaN/inf; no state from that
       step on is saved, the earlier checkpoints are kept.
   """
-  from tqdm.auto import tqdm
+  from tqdm import tqdm
 
   from metriclearn.data.prefetch import Prefetcher
 

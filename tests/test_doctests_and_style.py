@@ -46,6 +46,8 @@ def test_ruff_format():
 
 
 def test_readme_python_examples_run_as_written():
+  # (```py blocks use the main job's outputs, a trained encoder: the same steps run on
+  # a smoke run's encoder in test_experiments.py)
   text = (ROOT / "README.md").read_text()
   blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
   assert blocks, "the README has no python example"

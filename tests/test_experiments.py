@@ -2,50 +2,123 @@
 
 import json
 import pathlib
+import subprocess
 import sys
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
+import search  # noqa: E402
 import train  # noqa: E402
 
+FIGURES = {
+  "training_curves.png",
+  "embedding_map.png",
+  "distance_histograms.png",
+  "roc.png",
+  "retrieval_grid.png",
+}
 
-def test_main_job_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
-  # the default configuration, shortened: the same code path as `python train.py`
-  result = train.main(
-    [
-      "--workdir",
-      str(tmp_path),
-      "--no-progress",
-      "--set",
-      "steps=40",
-      "--set",
-      "eval_every=20",
-      "--set",
-      "episodes=50",
-    ]
-  )
-  out = capsys.readouterr().out
-  assert "| map_at_r" in out and "held-out classes" in out
-  saved = json.loads((tmp_path / "metrics.json").read_text())
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+  """The main job (the default configuration) with --smoke, the shared data hidden:
+  the same code path as `python experiments/train.py`, from the bundled pack only."""
+  workdir = tmp_path_factory.mktemp("main_job")
+  empty = tmp_path_factory.mktemp("no_shared_data")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.delenv("METRICLEARN_DATA", raising=False)
+    mp.setattr(train, "data_root", lambda config: empty)  # nothing there
+    args = ["--smoke", "--workdir", str(workdir), "--no-progress"]
+    return workdir, train.main(args)
+
+
+def test_main_job_trains_on_the_pack_and_scores_the_official_runs(main_job, capsys):
+  workdir, result = main_job
+  saved = json.loads((workdir / "metrics.json").read_text())
+  assert saved["config"]["dataset"] == "omniglot" and saved["config"]["smoke"]
   for key in ("precision_at_1", "r_precision", "map_at_r", "nmi", "roc_auc", "eer"):
     assert 0.0 <= saved["metrics"][key] <= 1.0, key
-  assert saved["config"]["dataset"] == "digits" and saved["wall_time_s"] > 0
-  assert saved["metrics"] == result["metrics"]
-  names = {p.name for p in (tmp_path / "figures").glob("*.png")}
-  assert names == {
-    "training_curves.png",
-    "embedding_map.png",
-    "distance_histograms.png",
-    "roc.png",
+  # 400 test drawings of the official runs: accuracy in steps of 1/400
+  official = saved["metrics"]["official_20way_one_shot"]
+  assert 0.0 < official <= 1.0 and abs(official * 400 - round(official * 400)) < 1e-6
+  assert set(saved["baselines"]) == {"raw pixels", "untrained"}
+  assert "official_20way_one_shot" in saved["baselines"]["raw pixels"]
+  assert saved["metrics"] == result["metrics"] and saved["wall_time_s"] > 0
+  assert {p.name for p in (workdir / "figures").glob("*.png")} == FIGURES
+  assert (workdir / "checkpoints").is_dir()
+  assert {p.name for p in (workdir / "encoder").iterdir()} == {
+    "manifest.json",
+    "variables.npz",
   }
-  assert (tmp_path / "checkpoints").is_dir()
-  log = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
-  assert log[-1]["step"] == 40 and any("eval/map_at_r" in r for r in log)
+  log = [json.loads(line) for line in (workdir / "log.jsonl").open()]
+  assert log[-1]["step"] == train.SMOKE["steps"]
+  assert any("eval/official_20way_one_shot" in r for r in log)
+
+
+def test_exported_encoder_searches_in_a_new_process(main_job, tmp_path):
+  """The journey's end in a fresh interpreter that never saw the config: load the
+  encoder, embed 500 held-out drawings, index them, search them."""
+  workdir, _ = main_job
+  code = f"""
+import numpy as np
+from metriclearn import data, inference
+encoder = inference.load_encoder({str(workdir / "encoder")!r})
+ds = data.load("omniglot", "evaluation", image_size=28)
+emb = encoder.embed(ds.images[:500])
+index = inference.Index(emb, labels=ds.labels[:500])
+d, ids = index.search(emb, k=5)
+assert np.all(ids[:, 0] == np.arange(500)) and np.all(d[:, 0] == 0), "self at rank 1"
+brute = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
+order = np.argsort(brute, axis=1, kind="stable")[:, :5]
+assert np.array_equal(ids, order), "brute force"
+np.testing.assert_allclose(d, np.take_along_axis(brute, order, 1), atol=1e-5)
+index.save({str(tmp_path / "index")!r})
+again = inference.Index.load({str(tmp_path / "index")!r})
+d2, ids2 = again.search(emb, k=5)
+assert np.array_equal(ids2, ids) and np.array_equal(d2, d), "save/load"
+print("ok", emb.shape)
+"""
+  done = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "ok (500, 128)" in done.stdout
+
+
+def test_search_script_draws_a_grid(main_job, tmp_path):
+  workdir, _ = main_job
+  out = tmp_path / "grid.png"
+  p1, _ = search.search_grid(
+    workdir / "encoder", "omniglot", "evaluation", queries=4, k=3, out=out
+  )
+  assert p1 in (0.0, 0.25, 0.5, 0.75, 1.0) and out.stat().st_size > 1000
+
+
+def test_digits_configuration_runs_with_smoke(tmp_path):
+  config = str(ROOT / "experiments" / "configs" / "digits.py")
+  result = train.main(
+    ["--config", config, "--smoke", "--workdir", str(tmp_path), "--no-progress"]
+  )
+  assert result["config"]["dataset"] == "digits"
+  assert "official_20way_one_shot" not in result["metrics"]
+  assert (tmp_path / "encoder" / "manifest.json").exists()
+
+
+def test_validation_holds_out_whole_alphabets_of_the_training_split():
+  config = {"dataset": "omniglot", "holdout": "validation", "validation_groups": 5}
+  train_part, held, runs = train.load_data(config)
+  assert runs is None  # the official runs stay unseen
+  assert len(np.unique(held.groups)) == 5
+  assert not set(np.unique(held.groups)) & set(np.unique(train_part.groups))
+  assert len(train_part) + len(held) == 19280 and held.labels.max() < 964
+  again, _, _ = train.load_data({**config, "seed": 7})  # the same split for any seed
+  assert np.array_equal(again.labels, train_part.labels)
 
 
 def test_bad_override_names_the_key(tmp_path):
@@ -61,10 +134,10 @@ def test_quickstart_notebook_runs_end_to_end():
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
   ).execute()
   text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-  assert "map_at_r" in text and "trained" in text
+  assert "official 20-way one-shot" in text and "map_at_r" in text
+  assert "P@1 of the 8 queries" in text
 
 
-import numpy as np  # noqa: E402
 import report  # noqa: E402
 import sweep  # noqa: E402
 

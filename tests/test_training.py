@@ -460,3 +460,40 @@ def test_training_on_digits_improves_retrieval_of_held_out_classes():
   assert after["precision_at_1"] > before["precision_at_1"] + 0.05, (before, after)
   assert after["map_at_r"] > before["map_at_r"] + 0.05, (before, after)
   assert after["map_at_r"] > 1.3 * before["map_at_r"], (before, after)
+
+
+def test_two_view_step_with_a_regularizer_is_one_sgd_step_on_its_objective():
+  """kind='two_view' with a scalar loss and an embedding regularizer: the update is
+  the SGD step on loss(z1, z2) + w * r(embeddings), the views encoded in one pass."""
+  rng = np.random.default_rng(3)
+  view = lambda: rng.normal(size=(6, 5)).astype(np.float32)
+  batch = {"view1": view(), "view2": view()}
+  state = new_state(batch, kind="two_view")
+  toy = lambda z1, z2: jnp.mean(jnp.sum((z1 - z2) ** 2, axis=1))  # a whole loss
+  square = lambda e: jnp.mean(jnp.sum(e * e, axis=1))
+  reg = training.Regularizer(square, weight=0.3)
+  step = training.make_train_step(MODEL, toy, kind="two_view", regularizers=[reg])
+  new, metrics = jax.jit(step)(state, batch)
+
+  def objective(params):
+    x = np.stack([batch["view1"], batch["view2"]], axis=1).reshape(12, 5)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    emb, _ = MODEL.apply(variables, x, train=True, mutable=["batch_stats"])
+    return toy(emb[0::2], emb[1::2]) + 0.3 * square(emb), toy(emb[0::2], emb[1::2])
+
+  (total, value), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  want = jax.tree.map(lambda p, g: p - LR * g, state.params, grads)
+  assert_trees_close(new.params, want)
+  np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
+  np.testing.assert_allclose(metrics["regularization"], total - value, rtol=1e-5)
+
+
+def test_views_loss_pairs_each_item_with_its_other_view():
+  z1 = jnp.asarray(np.random.default_rng(4).normal(size=(5, 3)), jnp.float32)
+  z2 = z1 + 0.1
+  got = training.views_loss(softmax.ntxent_loss)(z1, z2, temperature=0.5)
+  items = jnp.arange(5, dtype=jnp.int32)
+  both = softmax.ntxent_loss(
+    jnp.concatenate([z1, z2]), jnp.concatenate([items, items]), temperature=0.5
+  )
+  np.testing.assert_allclose(got, 0.5 * (both[:5] + both[5:]), rtol=1e-6)

@@ -9,7 +9,7 @@ BPL 96.7%; trained on small1 / small2 only: deep convnet 76.0% / 77.7%).
 Measured (3 seeds, experiments/results/omniglot_oneshot.md): 93.7 +- 0.4% on
 background; small1 75.2 +- 2.0%, small2 84.6 +- 1.8%. A run is ~1.6 ms a step on an
 H100 and ~0.5 s on a 2-core CPU (3,000 steps: about half an hour there).
-Data: ../shared/data/omniglot (or $METRICLEARN_DATA/omniglot), no download.
+Data: the bundled 28 x 28 pack (other sizes: Lake's archives under --set data_path=).
 """
 
 
