@@ -7,6 +7,12 @@ kind, its learnable parameters and the sampler it needs, by name.
 margin 0.2, ``log_likelihood`` the sigmoid pair loss with a learned scale, ...).
 ``--set loss_kwargs.<option>=<value>`` sets any keyword option of the loss. One place,
 so that every comparison uses the same definitions.
+
+The two-view losses (``vicreg``, ``barlow_twins``, and ``simclr``: NT-Xent through
+:func:`metriclearn.training.views_loss`) train on two views of each item (kind
+``two_view``, sampler ``views``: half the batch size in items, each twice); the views
+differ only through an augmentation (``--set augment=koch``), without which they are
+the same image.
 """
 
 from __future__ import annotations
@@ -121,7 +127,9 @@ _SPECIAL: dict[str, LossSpec] = {
     "proxy", losses.large_margin_softmax_loss, params=_proxies(name="weights")
   ),
 }
-_NOT_LOSSES = {"contrastive_pair_losses", "infonce_loss", "pair_statistics"}
+# Public names ending in _loss that are not a loss of one of the step's kinds (none
+# today; an alias such as infonce_loss = ntxent_loss is reachable by either name).
+_NOT_LOSSES: set[str] = set()
 
 
 def _spec_of(fn: Callable) -> LossSpec | None:

@@ -11,9 +11,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from metriclearn import _checks
 
 __all__ = [
+  "class_weighted_mean",
   "count_sorted",
+  "divisor_reduce",
   "global_mean",
   "masked_logsumexp",
   "masked_max",
@@ -23,6 +28,7 @@ __all__ = [
   "mean_over_nonzero",
   "mean_over_valid",
   "sorted_where",
+  "threshold_reduce",
 ]
 
 
@@ -133,3 +139,197 @@ def global_mean(
     total = jax.lax.psum(local, axis_name)
   count = jnp.maximum(count, 1.0)
   return local, count, total / count
+
+
+# ----------------------------------------------------------------------------------
+# pytorch-metric-learning's other reducers. Each gives 0 when nothing is valid, and a
+# NaN in a valid entry makes the result NaN.
+
+
+def _valid(values: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """``valid`` as a bool mask of ``values``' shape (all True when None)."""
+  if valid is None:
+    return jnp.ones(values.shape, bool)
+  valid = jnp.asarray(valid)
+  try:
+    shape = jnp.broadcast_shapes(valid.shape, values.shape)
+  except ValueError:
+    shape = None
+  if shape != values.shape:
+    raise ValueError(
+      f"valid must be broadcastable to values {tuple(values.shape)}, got "
+      f"{tuple(valid.shape)}."
+    )
+  return jnp.broadcast_to(_checks.check_mask(valid, valid.shape, "valid"), shape)
+
+
+def class_weighted_mean(
+  values: jax.Array,
+  labels: jax.Array,
+  class_weights: jax.Array,
+  valid: jax.Array | None = None,
+  *,
+  normalize: bool = False,
+) -> jax.Array:
+  r"""Mean of per-example values, each weighted by the weight of its class
+  (pytorch-metric-learning's ``ClassWeightedReducer``).
+
+  .. math::
+    \frac{1}{|V|} \sum_{i \in V} w_{y_i} \ell_i \quad \text{(default)}, \qquad
+    \frac{\sum_{i \in V} w_{y_i} \ell_i}{\sum_{i \in V} w_{y_i}}
+    \quad \text{(``normalize=True``)}
+
+  with :math:`V` the valid entries whose label is not -1 (padding). 0 when
+  :math:`V` is empty (or, normalised, when its weights sum to 0). Values of shape
+  [n, ...] (per pair, [n, m]) take the weight of the row's (the anchor's) label.
+
+  PML's ``ClassWeightedReducer(weights=w, low=l, high=h)`` (it requires ``low`` or
+  ``high``: it is a ``ThresholdReducer``) on per-element losses is
+  ``threshold_reduce(values * w[labels], low=l, high=h)``; with ``low=-math.inf``
+  and finite values it is ``class_weighted_mean(values, labels, w)``. PML weights
+  per-element losses only (its pair and triplet reductions ignore the weights).
+
+  Args:
+    values: [n] or [n, ...] per-example (per-anchor) values.
+    labels: [n] integer classes in [0, C), -1 for padding. A label >= C raises when
+      the labels are known at trace time and gives NaN when they are traced.
+    class_weights: [C] the weight of each class.
+    valid: optional bool mask broadcastable to ``values``.
+    normalize: divide by the sum of the weights instead of the count.
+
+  Returns:
+    A scalar.
+
+  >>> import jax.numpy as jnp
+  >>> v, y, w = jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 1, -1]), jnp.array([3.0, 0.5])
+  >>> float(class_weighted_mean(v, y, w))  # (3 * 1 + 0.5 * 2) / 2; padding left out
+  2.0
+  >>> float(class_weighted_mean(v, y, w, normalize=True))  # 4 / (3 + 0.5)
+  1.1428571939468384
+
+  References:
+    Musgrave, Belongie, Lim. PyTorch Metric Learning. arXiv:2008.09164, 2020
+    (``reducers.ClassWeightedReducer``).
+  """
+  values = _checks.as_float(values, "values")
+  if values.ndim < 1:
+    raise ValueError("values must be [n] or [n, ...], got a scalar.")
+  n = values.shape[0]
+  if jnp.shape(labels) != (n,):
+    raise ValueError(
+      f"labels must have shape ({n},) to match values {tuple(values.shape)}, got "
+      f"{tuple(jnp.shape(labels))}."
+    )
+  labels = _checks.check_labels(labels, n, "labels")  # integers, -1 for padding
+  class_weights = _checks.as_float(class_weights, "class_weights")
+  _checks.check_rank(class_weights, 1, "class_weights", "[C]")
+  num_classes = class_weights.shape[0]
+  known = _checks.concrete_value(labels)
+  if known is not None and known.size and known.max() >= num_classes:
+    raise ValueError(
+      f"labels must lie in [0, {num_classes}) (the classes of class_weights), or be -1 "
+      f"for padding; got {known.max()}."
+    )
+  real = labels >= 0
+  weight = jnp.take(
+    class_weights.astype(values.dtype),
+    jnp.where(real, labels, 0),
+    mode="fill",
+    fill_value=np.nan,
+  )
+  shape = (n,) + (1,) * (values.ndim - 1)
+  weight = jnp.broadcast_to(weight.reshape(shape), values.shape)
+  mask = _valid(values, valid) & jnp.broadcast_to(real.reshape(shape), values.shape)
+  if not normalize:
+    return masked_mean(weight * values, mask)
+  total = masked_sum(weight * values, mask)
+  weights = masked_sum(weight, mask)
+  return jnp.where(weights != 0, total / jnp.where(weights != 0, weights, 1.0), 0.0)
+
+
+def divisor_reduce(
+  values: jax.Array, divisor: float | jax.Array, valid: jax.Array | None = None
+) -> jax.Array:
+  r"""The sum of the valid values divided by a given divisor
+  (pytorch-metric-learning's ``DivisorReducer``).
+
+  .. math::
+    \frac{1}{D} \sum_{i \in V} \ell_i \quad (0 \text{ if } D = 0)
+
+  For a loss whose normaliser is not the number of its terms, e.g. SoftTriple's
+  centre regulariser (:func:`metriclearn.regularizers.sparse_centers_regularizer`
+  divides the sum over the upper triangle by :math:`C K (K - 1)`, the ``divisor`` PML
+  passes). A divisor of 0 gives 0 (and a zero gradient), as PML.
+
+  Args:
+    values: any shape.
+    divisor: a scalar D >= 0 (may be traced: then its sign is not checked).
+    valid: optional bool mask broadcastable to ``values``.
+
+  Returns:
+    A scalar.
+
+  >>> import jax.numpy as jnp
+  >>> float(divisor_reduce(jnp.array([1.0, 2.0, 3.0]), 4))  # 6 / 4
+  1.5
+
+  References:
+    Musgrave, Belongie, Lim. PyTorch Metric Learning. arXiv:2008.09164, 2020
+    (``reducers.DivisorReducer``).
+  """
+  values = _checks.as_float(values, "values")
+  divisor = _checks.scalar(divisor, "divisor", values.dtype, non_negative=True)
+  total = masked_sum(values, _valid(values, valid))
+  some = divisor != 0
+  return jnp.where(some, total / jnp.where(some, divisor, 1.0), 0.0)
+
+
+def threshold_reduce(
+  values: jax.Array,
+  valid: jax.Array | None = None,
+  *,
+  low: float | jax.Array | None = None,
+  high: float | jax.Array | None = None,
+) -> jax.Array:
+  r"""Mean over the valid values strictly between ``low`` and ``high``
+  (pytorch-metric-learning's ``ThresholdReducer``).
+
+  .. math::
+    \frac{1}{|S|} \sum_{i \in S} \ell_i, \qquad
+    S = \{i \in V : \text{low} < \ell_i < \text{high}\}
+
+  (a missing bound is no bound); 0 when :math:`S` is empty. A NaN value is not
+  filtered out: it stays in :math:`S` and the result is NaN (PML's comparisons drop
+  it). ``mean_over_nonzero`` is ``threshold_reduce(values, low=0)`` except for NaN
+  (which it leaves out). PML's ``ThresholdReducer(low=l, high=h)`` is
+  ``threshold_reduce(values, low=l, high=h)``.
+
+  Args:
+    values: any shape.
+    valid: optional bool mask broadcastable to ``values``.
+    low: exclude values <= low (None: no lower bound).
+    high: exclude values >= high (None: no upper bound). Give at least one.
+
+  Returns:
+    A scalar.
+
+  >>> import jax.numpy as jnp
+  >>> v = jnp.array([0.0, 0.5, 2.0, 9.0])
+  >>> float(threshold_reduce(v, low=0.0, high=5.0))  # (0.5 + 2) / 2
+  1.25
+
+  References:
+    Musgrave, Belongie, Lim. PyTorch Metric Learning. arXiv:2008.09164, 2020
+    (``reducers.ThresholdReducer``).
+  """
+  if low is None and high is None:
+    raise ValueError(
+      "threshold_reduce needs low, high or both (without them it is mean_over_valid)."
+    )
+  values = _checks.as_float(values, "values")
+  keep = _valid(values, valid)
+  if low is not None:
+    keep &= ~(values <= _checks.scalar(low, "low", values.dtype))
+  if high is not None:
+    keep &= ~(values >= _checks.scalar(high, "high", values.dtype))
+  return masked_mean(values, keep)

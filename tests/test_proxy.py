@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from metriclearn import losses
+from metriclearn import losses, regularizers
 from metriclearn.losses import proxy
 
 # ----------------------------------------------------------------------------------
@@ -327,11 +327,12 @@ def test_proxy_nca_hand_values():
   np.testing.assert_allclose(got, [math.log(2 + math.exp(-18))], rtol=1e-6)
 
 
-def test_soft_triple_regularizer_and_reduction():
+def test_sparse_centers_regularizer_and_reduction():
   rng = np.random.default_rng(4)
   w = rng.normal(size=(3, 4, 5))
-  np.testing.assert_allclose(proxy.soft_triple_regularizer(w), ref_soft_triple_reg(w))
-  assert float(proxy.soft_triple_regularizer(w[:, :1])) == 0.0  # K = 1
+  reg = regularizers.sparse_centers_regularizer
+  np.testing.assert_allclose(reg(w), ref_soft_triple_reg(w))
+  assert float(reg(w[:, :1])) == 0.0  # K = 1
   x, y = rng.normal(size=(4, 5)), np.array([0, 1, 2, -1])
   with_reg = proxy.soft_triple_loss(x, y, w)
   without = proxy.soft_triple_loss(x, y, w, tau=0.0)

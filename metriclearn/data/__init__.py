@@ -10,7 +10,8 @@
   or :func:`tfds_source` (``tfds.data_source``, no TensorFlow).
 - Class-disjoint splits: :func:`class_split`, :func:`class_disjoint_indices`.
 - NumPy samplers (seeded, endless, fixed shapes): :func:`balanced_batches` (P x K),
-  :func:`pair_batches`, :func:`triplet_batches`; :func:`padded_batches` for evaluation.
+  :func:`hierarchical_batches` (G super-classes x P x K), :func:`pair_batches`,
+  :func:`triplet_batches`; :func:`padded_batches` for evaluation.
 - JAX augmentation (jit, one key per batch): :func:`random_affine` (``KOCH_AFFINE``),
   :func:`random_crop`, :func:`random_flip`, :func:`compose`, :func:`two_views`.
 - Devices: :func:`prefetch_to_device` (placement: :mod:`metriclearn.parallel`).
@@ -45,6 +46,7 @@ from metriclearn.data.pack import (
 from metriclearn.data.prefetch import Prefetcher, prefetch_to_device
 from metriclearn.data.samplers import (
   balanced_batches,
+  hierarchical_batches,
   padded_batches,
   pair_batches,
   triplet_batches,
@@ -65,6 +67,7 @@ __all__ = [
   "class_split",
   "compose",
   "default_cache_dir",
+  "hierarchical_batches",
   "load",
   "load_digits",
   "load_mnist",

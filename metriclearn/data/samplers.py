@@ -6,6 +6,8 @@ once. The same ``seed`` gives the same batches. Keys:
 
 - :func:`balanced_batches`: ``image`` [P*K, h, w, c], ``label`` [P*K], ``index`` [P*K]
   (the row in the dataset).
+- :func:`hierarchical_batches`: the same keys over [G*P*K] rows, and ``group``
+  [G*P*K] (the super-class of each row).
 - :func:`pair_batches`: ``x1``, ``x2`` [B, h, w, c], ``similar`` [B] bool (True: same
   class), ``label1``, ``label2``, ``index1``, ``index2`` [B].
 - :func:`triplet_batches`: ``anchor``, ``positive``, ``negative`` [B, h, w, c],
@@ -14,7 +16,7 @@ once. The same ``seed`` gives the same batches. Keys:
 - :func:`padded_batches` (finite, for evaluation): ``image``, ``label``, ``index``;
   the last batch is padded with zero images, label -1 and index -1.
 
-Labels and indices are int32.
+Labels, groups and indices are int32.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from collections.abc import Iterator
 import numpy as np
 
 from metriclearn.data.dataset import ImageDataset
+
+__all__ = [
+  "balanced_batches",
+  "hierarchical_batches",
+  "padded_batches",
+  "pair_batches",
+  "triplet_batches",
+]
 
 Batch = dict[str, np.ndarray]
 
@@ -42,6 +52,25 @@ class _Classes:
   def draw(self, rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
     """One uniformly drawn row of each class position in ``classes``."""
     return self.rows[self.start[classes] + rng.integers(0, self.count[classes])]
+
+  def draw_k(self, rng: np.random.Generator, c: int, k: int) -> np.ndarray:
+    """``k`` rows of class position ``c``: without replacement, or, if it has fewer,
+    each of its rows once and the rest drawn with replacement."""
+    n = self.count[c]
+    if n >= k:
+      pick = rng.choice(n, k, replace=False)
+    else:
+      pick = np.concatenate([rng.permutation(n), rng.integers(0, n, k - n)])
+    return self.rows[self.start[c] + pick]
+
+  def groups(self, dataset: ImageDataset, option: str) -> np.ndarray:
+    """The group of each class position (``option`` names the argument that needs
+    ``dataset.groups``)."""
+    if dataset.groups is None:
+      raise ValueError(
+        f"{option} needs a dataset with groups; {dataset.name!r} has none."
+      )
+    return dataset.groups[self.rows[self.start]]
 
   def draw_two(
     self, rng: np.random.Generator, classes: np.ndarray
@@ -65,11 +94,7 @@ class _Negatives:
         raise ValueError(f"negatives need >= 2 classes, {dataset.name!r} has 1.")
       self.eligible = np.arange(classes.size)
       return
-    if dataset.groups is None:
-      raise ValueError(
-        f"same_group=True needs a dataset with groups; {dataset.name!r} has none."
-      )
-    group_of_class = dataset.groups[classes.rows[classes.start]]
+    group_of_class = classes.groups(dataset, "same_group=True")
     self.order = np.argsort(group_of_class, kind="stable")  # class positions by group
     _, self.gstart, self.gcount = np.unique(
       group_of_class[self.order], return_index=True, return_counts=True
@@ -154,11 +179,7 @@ def balanced_batches(
       f"classes_per_batch={p} exceeds the {classes.size} classes of {dataset.name!r}."
     )
   if by_group:
-    if dataset.groups is None:
-      raise ValueError(
-        f"by_group=True needs a dataset with groups; {dataset.name!r} has none."
-      )
-    group_of_class = dataset.groups[classes.rows[classes.start]]
+    group_of_class = classes.groups(dataset, "by_group=True")
     group_ids = np.unique(group_of_class)
     members = [np.flatnonzero(group_of_class == g) for g in group_ids]
 
@@ -176,20 +197,96 @@ def balanced_batches(
     rng = np.random.default_rng(seed)
     while True:
       chosen = draw_classes(rng)
-      rows = np.empty((p, k), np.int64)
-      for i, c in enumerate(chosen):
-        n = classes.count[c]
-        if n >= k:
-          pick = rng.choice(n, k, replace=False)
-        else:
-          pick = np.concatenate([rng.permutation(n), rng.integers(0, n, k - n)])
-        rows[i] = classes.rows[classes.start[c] + pick]
-      rows = rows.reshape(-1)
-      yield {
-        "image": dataset.images[rows],
-        "label": dataset.labels[rows],
-        "index": rows.astype(np.int32),
-      }
+      rows = np.concatenate([classes.draw_k(rng, c, k) for c in chosen])
+      yield _rows_batch(dataset, rows)
+
+  return batches()
+
+
+def _rows_batch(dataset: ImageDataset, rows: np.ndarray) -> Batch:
+  return {
+    "image": dataset.images[rows],
+    "label": dataset.labels[rows],
+    "index": rows.astype(np.int32),
+  }
+
+
+def hierarchical_batches(
+  dataset: ImageDataset,
+  groups_per_batch: int,
+  classes_per_group: int,
+  samples_per_class: int,
+  *,
+  seed: int,
+) -> Iterator[Batch]:
+  """Endless G x P x K batches: ``G`` groups (super-classes), ``P`` classes of each,
+  ``K`` images of each class.
+
+  Each batch draws ``G`` distinct groups uniformly among the groups with at least
+  ``P`` classes (Omniglot: alphabets with at least ``P`` characters), then ``P``
+  distinct classes of each group uniformly, then ``K`` images of each class as
+  :func:`balanced_batches` does (without replacement; a class with fewer than ``K``
+  images gives each once and fills up with replacement). Every batch therefore holds
+  exactly ``G x P x K`` rows, ``K`` per class, and the classes of exactly ``G``
+  groups: each anchor meets negatives of its own group (hard: a similar alphabet)
+  and of other groups. Rows are grouped by group, then by class.
+
+  PML's ``HierarchicalSampler`` (``super_classes_per_batch=G``,
+  ``samples_per_class=K``) is the same idea as a PyTorch sampler over an epoch of
+  precomputed batches (``batches_per_super_tuple``); here every batch is drawn
+  afresh, endlessly, and its number of classes per group is fixed.
+
+  Args:
+    dataset: the training part; needs ``dataset.groups`` (the super-class of each
+      row; every row of a class in the same group).
+    groups_per_batch: ``G`` (at most the number of groups with ``P`` classes).
+    classes_per_group: ``P``.
+    samples_per_class: ``K`` (>= 2 gives every anchor a positive).
+    seed: the random seed.
+
+  Returns:
+    An endless iterator of ``{"image", "label", "group", "index"}`` batches
+    (``group`` [G*P*K] int32, the group of each row).
+
+  >>> ds = ImageDataset(np.zeros((8, 1, 1, 1), np.uint8), np.arange(8) // 2,
+  ...                   groups=np.array([0, 0, 0, 0, 1, 1, 2, 2]))
+  >>> batch = next(hierarchical_batches(ds, 1, 2, 2, seed=0))  # only group 0 has 2
+  >>> batch["label"].tolist(), batch["group"].tolist()
+  ([0, 0, 1, 1], [0, 0, 0, 0])
+
+  References:
+    Cakir, He, Xia, Kulis, Sclaroff. Deep Metric Learning to Rank. CVPR 2019
+    (mini-batches from a few super-labels, several classes each); PML's
+    ``samplers.HierarchicalSampler``.
+  """
+  g = _check_size(groups_per_batch, "groups_per_batch")
+  p = _check_size(classes_per_group, "classes_per_group")
+  k = _check_size(samples_per_class, "samples_per_class")
+  classes = _Classes(dataset)
+  group_of_class = classes.groups(dataset, "hierarchical_batches")
+  if np.any(np.repeat(group_of_class, classes.count) != dataset.groups[classes.rows]):
+    raise ValueError(
+      f"groups must be the same for every row of a class; {dataset.name!r} has a "
+      "class in two groups."
+    )
+  group_ids, sizes = np.unique(group_of_class, return_counts=True)
+  eligible = group_ids[sizes >= p]
+  if g > eligible.size:
+    raise ValueError(
+      f"groups_per_batch={g} exceeds the {eligible.size} groups of {dataset.name!r} "
+      f"with at least classes_per_group={p} classes."
+    )
+  members = [np.flatnonzero(group_of_class == e) for e in eligible]
+
+  def batches() -> Iterator[Batch]:
+    rng = np.random.default_rng(seed)
+    while True:
+      chosen = [
+        rng.choice(members[e], p, replace=False)
+        for e in rng.choice(eligible.size, g, replace=False)
+      ]
+      rows = np.concatenate([classes.draw_k(rng, c, k) for c in np.concatenate(chosen)])
+      yield {**_rows_batch(dataset, rows), "group": dataset.groups[rows]}
 
   return batches()
 

@@ -17,6 +17,8 @@
 - :mod:`~metriclearn.losses.classification`: ArcFace, sub-center ArcFace, CosFace,
   normalized softmax, softmax cross-entropy baseline, L-Softmax, SphereFace, P2SGrad.
 - :mod:`~metriclearn.losses.proxy`: ProxyNCA(++), ProxyAnchor, SoftTriple.
+- :mod:`~metriclearn.losses.self_supervised`: VICReg, Barlow Twins (two views in, one
+  scalar out, statistics over the global batch).
 
 Batch-form losses take ``(embeddings [n, d], labels [n], *, ...)`` and return one value
 per anchor ``[n]``; reduce them with :mod:`metriclearn.reduce`. Each in-batch loss is
@@ -79,6 +81,7 @@ from metriclearn.losses.ranking import (
   ranked_list_loss,
   smooth_ap_loss,
 )
+from metriclearn.losses.self_supervised import barlow_twins_loss, vicreg_loss
 from metriclearn.losses.softmax import (
   decoupled_contrastive_loss,
   infonce_loss,
@@ -153,4 +156,6 @@ __all__ = [
   "snr_contrastive_loss",
   "threshold_consistent_margin_loss",
   "tuplet_margin_loss",
+  "barlow_twins_loss",
+  "vicreg_loss",
 ]

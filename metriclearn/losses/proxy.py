@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from metriclearn import _checks, distances
+from metriclearn import distances
 from metriclearn.losses import _classes
 
 # The margin-based softmax losses moved to ``classification``; existing code calls
@@ -33,18 +32,14 @@ from metriclearn.losses.classification import (  # noqa: F401
   softmax_cross_entropy_loss,
   subcenter_arcface_loss,
 )
+from metriclearn.regularizers import sparse_centers_regularizer
 
 __all__ = [
   "proxy_anchor_loss",
   "proxy_nca_loss",
   "proxy_nca_plus_plus_loss",
   "soft_triple_loss",
-  "soft_triple_regularizer",
 ]
-
-# SoftTriple's regulariser: sqrt(2 + eps - 2 w.w') as in the authors' code, so two
-# coinciding centres have a finite gradient.
-_SOFTTRIPLE_EPS = 1e-5
 
 
 # ----------------------------------------------------------------------------------
@@ -261,46 +256,6 @@ def proxy_anchor_loss(
   return jnp.where(present, pos_term / num_present, 0.0) + neg_term / s.num_classes
 
 
-def soft_triple_regularizer(
-  proxies: jax.Array, *, proxy_axis_name: str | None = None
-) -> jax.Array:
-  r"""SoftTriple's centre regulariser: mean distance between a class's sub-centres.
-
-  .. math::
-    R = \frac{1}{C K (K - 1)} \sum_{c} \sum_{t < k}
-      \sqrt{2 + \epsilon - 2\, \hat w_c^t \cdot \hat w_c^k}
-
-  (:math:`\|\hat w^t - \hat w^k\|` for unit vectors; :math:`\epsilon = 10^{-5}` as in
-  the authors' code keeps the gradient finite when two centres coincide). 0 for K = 1.
-
-  Args:
-    proxies: [C, K, d] sub-centres (normalised inside), or [C, d].
-    proxy_axis_name: the mapped axis the proxies are sharded over by class.
-
-  Returns:
-    A scalar.
-
-  >>> w = jnp.array([[[1.0, 0.0], [-1.0, 0.0]]])  # sqrt(2 + 1e-5 + 2) / (1 * 2 * 1)
-  >>> round(float(soft_triple_regularizer(w)), 4)
-  1.0
-  """
-  proxies = _checks.as_float(proxies, "proxies")
-  if proxies.ndim == 2:
-    return jnp.zeros((), proxies.dtype)
-  _checks.check_rank(proxies, 3, "proxies", "[C, K, d]")
-  c, k, _ = proxies.shape
-  if k < 2:
-    return jnp.zeros((), proxies.dtype)
-  unit = distances.l2_normalize(proxies)
-  gram = jnp.einsum("ckd,cld->ckl", unit, unit, precision=jax.lax.Precision.HIGHEST)
-  upper = np.triu(np.ones((k, k), bool), 1)
-  dist = jnp.sqrt(jnp.maximum(2.0 + _SOFTTRIPLE_EPS - 2.0 * gram, _SOFTTRIPLE_EPS))
-  total = _classes.psum(jnp.sum(jnp.where(upper, dist, 0.0)), proxy_axis_name)
-  if proxy_axis_name is not None:
-    c = c * jax.lax.axis_size(proxy_axis_name)
-  return total / (c * k * (k - 1))
-
-
 def soft_triple_loss(
   embeddings: jax.Array,
   labels: jax.Array,
@@ -323,10 +278,10 @@ def soft_triple_loss(
       {e^{\lambda (S_{i y_i} - \delta)} + \sum_{c \ne y_i} e^{\lambda S_{ic}}}
       + \tau R
 
-  with :math:`R` = ``soft_triple_regularizer(proxies)``. The regulariser depends on the
-  proxies only; it is added to every valid row, so the **mean over valid rows** is the
-  paper's objective. For another reduction pass ``tau=0`` and add
-  ``tau * soft_triple_regularizer(proxies)`` yourself.
+  with :math:`R` = ``regularizers.sparse_centers_regularizer(proxies)``. The
+  regulariser depends on the proxies only; it is added to every valid row, so the
+  **mean over valid rows** is the paper's objective. For another reduction pass
+  ``tau=0`` and add ``tau * sparse_centers_regularizer(proxies)`` yourself.
 
   Args:
     embeddings: [n, d] embeddings (normalised inside).
@@ -364,6 +319,6 @@ def soft_triple_loss(
   relaxed = jnp.sum(assign * sims, axis=-1)
   logits = la * jnp.where(s.target, relaxed - margin, relaxed)
   loss = _classes.cross_entropy(logits, s, proxy_axis_name)
-  reg = soft_triple_regularizer(p, proxy_axis_name=proxy_axis_name)
+  reg = sparse_centers_regularizer(p, proxy_axis_name=proxy_axis_name)
   loss = jnp.where(s.valid, loss + tau * reg.astype(loss.dtype), 0.0)
   return _classes.local_rows(loss, s, proxy_axis_name)
