@@ -14,9 +14,18 @@ are Python literals). ``--set holdout=validation`` holds out alphabets of the tr
 split instead of testing (choose a configuration there, never on the test set). Every
 run writes into ``--workdir``: ``metrics.json`` (the final held-out metrics, the
 configuration, the machine, the wall time), ``log.jsonl`` (the training curve), Orbax
-``checkpoints/`` (a rerun resumes from them), ``encoder/`` (the trained encoder, for
+``checkpoints/`` (a rerun resumes from them), ``config.json`` (the configuration the
+checkpoints belong to), ``encoder/`` (the trained encoder, for
 ``metriclearn.inference.load_encoder``) and ``figures/`` (training curves, a 2-D map
 of held-out embeddings, pair-distance histograms, ROC, a retrieval grid).
+
+A rerun in a workdir resumes from its latest verified checkpoint (a damaged one is
+named in a warning and the previous one used) and cuts ``log.jsonl`` back to it. It
+is refused, naming the keys, if the configuration differs from ``config.json`` in any
+key but those of ``SAFE_ON_RESUME`` (``steps``, the intervals, ``data_path`` and the
+evaluation-only keys); ``--allow-change KEY`` accepts a difference on purpose (e.g. a
+smaller learning rate after a NaN), ``--resume-from STEP`` an earlier checkpoint. A
+SIGTERM saves a checkpoint and exits (status 143); the rerun resumes from it.
 """
 
 from __future__ import annotations
@@ -87,6 +96,37 @@ DEFAULTS = dict(
   tta=False,
   holdout="test",
   data_path=None,  # Lake's / LeCun's archives (default: $METRICLEARN_DATA, ../shared)
+  save_every=500,  # checkpoint interval (steps)
+  eval_every=250,  # held-out evaluation interval (steps)
+  log_every=10,  # log.jsonl interval (steps)
+  normalize=True,  # L2-normalised embeddings
+  filters=64,  # conv4's width
+  image_size=None,  # Omniglot's size (None: 28, the bundled pack)
+  train_split="background",
+  validation_groups=5,  # holdout=validation: groups (alphabets) held out
+  same_alphabet=False,  # pair sampler: negatives from the same group
+  batch_by_group=False,  # balanced sampler: a batch's classes from one group
+  ways=20,  # one-shot episodes: classes per episode
+  episodes=200,
+  test_classes=None,  # evaluate on the first classes only
+  max_test=None,  # evaluate on at most this many images
+  smoke=False,
+)
+# Keys a resumed run may change (the checkpoint and the training before it stay
+# valid): the step target (a longer cosine schedule from the restored step on), the
+# intervals, where the same data lie, and what only the evaluation reads. Any other
+# difference from the workdir's config.json is refused.
+SAFE_ON_RESUME = (
+  "steps",
+  "save_every",
+  "eval_every",
+  "log_every",
+  "data_path",
+  "ways",
+  "episodes",
+  "test_classes",
+  "max_test",
+  "smoke",
 )
 
 
@@ -120,6 +160,37 @@ def load_config(path: str | os.PathLike, overrides=()) -> dict:
   for item in overrides:
     _set(config, item)
   return config
+
+
+def _json(config: dict) -> dict:
+  """The configuration as config.json holds it (tuples become lists)."""
+  return json.loads(json.dumps(config, default=str))
+
+
+def check_resume(config: dict, workdir: pathlib.Path, allow=()) -> None:
+  """Refuses to resume the run in ``workdir`` with another configuration (keys of
+  ``SAFE_ON_RESUME`` and ``allow`` excepted), then writes ``config.json``."""
+  path = workdir / "config.json"
+  now = _json(config)
+  if path.exists() and (workdir / "checkpoints").is_dir():
+    saved = json.loads(path.read_text())
+    differ = [
+      k
+      for k in sorted(set(saved) | set(now))
+      if saved.get(k) != now.get(k) and k not in SAFE_ON_RESUME and k not in allow
+    ]
+    if differ:
+      detail = "; ".join(
+        f"{k}: {saved.get(k, '(unset)')!r} there, {now.get(k, '(unset)')!r} now"
+        for k in differ
+      )
+      raise ValueError(
+        f"{workdir} holds a run with another configuration ({detail}); its "
+        f"checkpoints would resume with these changes. Use another --workdir, or "
+        f"resume anyway with {' '.join('--allow-change ' + k for k in differ)} "
+        f"(safe to change on resume: {', '.join(SAFE_ON_RESUME)})."
+      )
+  path.write_text(json.dumps(now, indent=2))
 
 
 def data_root(config: dict) -> pathlib.Path:
@@ -212,8 +283,11 @@ def _sampler(config: dict, train: data.ImageDataset, spec: registry.LossSpec):
       "positive",
       "negative",
     )
-  k = 1 if spec.sampler == "views" else config["samples_per_class"]
-  p = size // 2 if spec.sampler == "views" else size // k  # views: B/2 items, twice
+  k = config["samples_per_class"]
+  p = size // k
+  if spec.sampler == "views":  # B/2 items, twice: of distinct classes while there are
+    p = min(size // 2, len(np.unique(train.labels)))  # enough, else k items a class
+    k = (size // 2) // p
   by_group = config.get("batch_by_group", False)
   return data.balanced_batches(train, p, k, seed=seed, by_group=by_group), ("image",)
 
@@ -433,7 +507,9 @@ def embedder(config, eval_step, state):
 def evaluate(
   config, state, eval_step, test, runs, *, final: bool, workdir=None, history=None
 ) -> dict:
-  embed = embedder(config, eval_step, state)
+  # test-time shifts at the final evaluation only (the curve's points and the
+  # untrained baseline are plain embeddings)
+  embed = embedder(config if final else {**config, "tta": False}, eval_step, state)
   emb = embed(_images(test.images))
   labels = test.labels
   out = evaluation.retrieval_metrics(emb, labels, recall_ks=(1, 2, 4, 8))
@@ -504,13 +580,20 @@ def machine() -> dict:
 
 
 def train_and_evaluate(
-  config: dict, workdir: str | os.PathLike, *, progress: bool = True
+  config: dict,
+  workdir: str | os.PathLike,
+  *,
+  progress: bool = True,
+  allow_changes=(),
+  resume_step: int | None = None,
 ) -> dict:
   """Trains on the training classes, evaluates on the held-out classes, writes the
-  run's files into ``workdir`` and returns the final metrics."""
+  run's files into ``workdir`` and returns the final metrics. A workdir with
+  checkpoints is resumed, if its config.json matches (:func:`check_resume`)."""
   start = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  check_resume(config, workdir, allow_changes)
   spec = with_miner(config, registry.get(config["loss"], **config["loss_kwargs"]))
   train, test, runs = load_data(config)
   batches, num_classes = make_batches(config, train, spec)
@@ -543,20 +626,30 @@ def train_and_evaluate(
       return {}  # the final evaluation below writes the figures too
     return evaluate(config, state, eval_step, test, runs, final=False)
 
-  state = training.fit(
-    step,
-    state,
-    batches,
-    num_steps=config["steps"],
-    checkpoint_dir=workdir / "checkpoints",
-    save_every=config.get("save_every", 500),
-    keep=2,
-    eval_fn=eval_fn,
-    eval_every=config.get("eval_every", 250),
-    log_path=log_path,
-    log_every=10,
-    progress=progress,
-  )
+  try:
+    state = training.fit(
+      step,
+      state,
+      batches,
+      num_steps=config["steps"],
+      checkpoint_dir=workdir / "checkpoints",
+      save_every=config["save_every"],
+      keep=2,
+      eval_fn=eval_fn,
+      eval_every=config["eval_every"],
+      log_path=log_path,
+      log_every=config["log_every"],
+      progress=progress,
+      resume_step=resume_step,
+    )
+  except training.NonFiniteLossError as e:
+    if e.last_checkpoint is not None:
+      e.add_note(
+        f"experiments/train.py: resume from checkpoint {e.last_checkpoint} with the "
+        "same command plus --set learning_rate=<smaller> --allow-change "
+        f"learning_rate (or --resume-from <an earlier step> to go further back)."
+      )
+    raise
   start_eval = {f"eval/{k}": v for k, v in baselines["untrained"].items()}
   history = [{"step": 0, **start_eval}] + [json.loads(line) for line in open(log_path)]
   metrics = evaluate(
@@ -632,7 +725,22 @@ def main(argv=None) -> dict:
     action="append",
     default=[],
     metavar="KEY=VALUE",
-    help="override a configuration key (repeatable)",
+    help="override a configuration key (repeatable); every key of the configuration "
+    "file and of DEFAULTS can be set",
+  )
+  parser.add_argument(
+    "--allow-change",
+    action="append",
+    default=[],
+    metavar="KEY",
+    help="resume a workdir although KEY differs from its config.json (repeatable)",
+  )
+  parser.add_argument(
+    "--resume-from",
+    type=int,
+    default=None,
+    metavar="STEP",
+    help="resume from this checkpoint, not the latest (the later ones are deleted)",
   )
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument(
@@ -655,7 +763,13 @@ def main(argv=None) -> dict:
     f"metriclearn: {config['dataset']} / {config['model']} / {config['loss']}, "
     f"{config['steps']} steps, seed {config['seed']} -> {workdir}"
   )
-  result = train_and_evaluate(config, workdir, progress=not args.no_progress)
+  result = train_and_evaluate(
+    config,
+    workdir,
+    progress=not args.no_progress,
+    allow_changes=args.allow_change,
+    resume_step=args.resume_from,
+  )
   print(f"\nheld-out classes ({result['wall_time_s']} s):")
   print(format_table(result["metrics"], result["baselines"]))
   if "official_20way_one_shot" in result["metrics"]:

@@ -167,7 +167,8 @@ def pairwise_squared_euclidean(a: jax.Array, b: jax.Array | None = None) -> jax.
   r"""[n, m] squared distances :math:`\|a_i\|^2 + \|b_j\|^2 - 2 a_i \cdot b_j`, >= 0.
 
   The expansion cancels: in float32 two identical rows come out about 1e-5 apart, not
-  0. Without ``b`` the diagonal (each row against itself) is set to exactly 0.
+  0. Without ``b`` the diagonal (each row against itself) is set to exactly 0, unless
+  the row holds a NaN or inf (NaN in, NaN out).
   """
   is_self = b is None
   a, b = _matrices(a, b)
@@ -175,7 +176,7 @@ def pairwise_squared_euclidean(a: jax.Array, b: jax.Array | None = None) -> jax.
   sq_b = jnp.sum(b * b, axis=1)[None, :]
   d2 = jnp.maximum(sq_a + sq_b - 2.0 * _gram(a, b), 0.0)
   if is_self:
-    d2 = jnp.where(jnp.eye(a.shape[0], dtype=bool), 0.0, d2)
+    d2 = jnp.where(jnp.eye(a.shape[0], dtype=bool) & jnp.isfinite(d2), 0.0, d2)
   return d2
 
 

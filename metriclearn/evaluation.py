@@ -26,6 +26,13 @@ equal distances may differ in their last bit, as in any GEMM-based search.
 Label ``-1`` marks padding: a padding reference is never a neighbour, a padding query is
 not scored. When the queries are the references, a query is never its own neighbour.
 
+Embeddings with a NaN or inf row are refused with a ValueError that says how many rows
+(a NaN has no nearest neighbour; no metric is computed from it), whenever their values
+are known: always for the metric functions, for :func:`knn` and
+:func:`few_shot_predict` unless the caller traces them (its own ``jit``/``vmap``).
+Counts (``k``, ``query_block``, ``ref_block``, ``recall_ks``, ``max_r``) must be
+positive ints; labels that are classes must be integers.
+
 :func:`knn` and :func:`few_shot_predict` are jit-compiled array functions. The metric
 functions take concrete arrays (the number of neighbours needed depends on the class
 sizes), do the heavy part in JAX and return Python floats.
@@ -42,6 +49,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from metriclearn import _checks, distances
+
+__all__ = [
+  "DISTANCES",
+  "FEW_SHOT_METHODS",
+  "best_threshold_accuracy",
+  "clustering_metrics",
+  "equal_error_rate",
+  "few_shot_accuracy",
+  "few_shot_predict",
+  "knn",
+  "map_at_r",
+  "mean_reciprocal_rank",
+  "Neighbors",
+  "omniglot_one_shot",
+  "precision_at_1",
+  "r_precision",
+  "recall_at_k",
+  "retrieval_metrics",
+  "roc_auc",
+  "roc_curve",
+  "tar_at_far",
+  "verification_metrics",
+]
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
 FEW_SHOT_METHODS = ("prototype", "nearest_neighbor")
@@ -203,6 +233,7 @@ def _knn(
 def _embeddings(x: Any, name: str) -> jax.Array:
   x = _checks.as_float(x, name)
   _checks.check_rank(x, 2, name, "[n, d]")
+  _checks.check_finite_rows(x, name)
   return x
 
 
@@ -269,19 +300,16 @@ def knn(
     if ref_valid is None
     else _checks.check_mask(ref_valid, (m,), "ref_valid")
   )
-  for value, name in ((k, "k"), (query_block, "query_block"), (ref_block, "ref_block")):
-    if int(value) < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}.")
   return Neighbors(
     *_knn(
       queries,
       references,
       ref_valid,
-      k=int(k),
+      k=_checks.check_count(k, "k"),
       distance=distance,
       exclude_self=bool(exclude_self),
-      query_block=int(query_block),
-      ref_block=int(ref_block),
+      query_block=_checks.check_count(query_block, "query_block"),
+      ref_block=_checks.check_count(ref_block, "ref_block"),
     )
   )
 
@@ -460,9 +488,9 @@ def retrieval_metrics(
       )
     r_labels = _labels(ref_labels, references.shape[0], "ref_labels")
   queries, references = _checks.common_float(queries, references)
-  recall_ks = tuple(int(kk) for kk in recall_ks)
-  if any(kk < 1 for kk in recall_ks):
-    raise ValueError(f"recall_ks must be >= 1, got {recall_ks}.")
+  recall_ks = tuple(_checks.check_count(kk, "recall_ks") for kk in recall_ks)
+  query_block = _checks.check_count(query_block, "query_block")
+  ref_block = _checks.check_count(ref_block, "ref_block")
 
   num_relevant = _count_matches(q_labels, r_labels)
   if exclude_self:
@@ -473,10 +501,9 @@ def retrieval_metrics(
       "no query has a relevant reference: every label is -1 or has no other "
       "reference with the same label (check labels and ref_labels)."
     )
-  if max_r is None:
-    max_r = int(num_relevant.max())
-  if max_r < 1:
-    raise ValueError(f"max_r must be >= 1, got {max_r}.")
+  max_r = (
+    int(num_relevant.max()) if max_r is None else _checks.check_count(max_r, "max_r")
+  )
   num_relevant = np.minimum(num_relevant, max_r)
   k = max(max_r, *recall_ks)
 
@@ -490,8 +517,8 @@ def retrieval_metrics(
     recall_ks=recall_ks,
     distance=distance,
     exclude_self=exclude_self,
-    query_block=int(query_block),
-    ref_block=int(ref_block),
+    query_block=query_block,
+    ref_block=ref_block,
   )
   means = np.asarray(per_query, np.float64)[scored].mean(axis=0).tolist()
   p1, r_prec, map_r, mrr, *recalls = means
@@ -776,7 +803,6 @@ def _few_shot_predict_one(support, support_labels, queries, method, distance):
   return support_labels[jnp.argmax(score, axis=1)]
 
 
-@functools.partial(jax.jit, static_argnames=("method", "distance"))
 def few_shot_predict(
   support: jax.Array,
   support_labels: jax.Array,
@@ -807,10 +833,22 @@ def few_shot_predict(
   Returns:
     [..., q] predicted labels.
 
+  Non-finite ``support`` or ``queries`` rows raise a ValueError when their values are
+  known (an eager call); under the caller's ``jit``/``vmap`` they cannot be checked.
+
   >>> few_shot_predict(jnp.array([[0.0], [4.0]]), jnp.array([7, 9]),
   ...                  jnp.array([[1.0], [3.0]])).tolist()
   [7, 9]
   """
+  _checks.check_finite_rows(support, "support")
+  _checks.check_finite_rows(queries, "queries")
+  return _few_shot_predict(
+    support, support_labels, queries, method=method, distance=distance
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("method", "distance"))
+def _few_shot_predict(support, support_labels, queries, *, method, distance):
   _check_distance(distance)
   if method not in FEW_SHOT_METHODS:
     raise ValueError(f"method must be one of {FEW_SHOT_METHODS}, got {method!r}.")
@@ -818,6 +856,10 @@ def few_shot_predict(
   queries = _checks.as_float(queries, "queries")
   support, queries = _checks.common_float(support, queries)
   support_labels = jnp.asarray(support_labels)
+  if not jnp.issubdtype(support_labels.dtype, jnp.integer):
+    raise TypeError(
+      f"support_labels must be integers (classes), got dtype {support_labels.dtype}."
+    )
   if support.ndim < 2 or queries.ndim != support.ndim:
     raise ValueError(
       f"support [..., s, d] and queries [..., q, d] must have the same rank >= 2, got "
@@ -924,6 +966,8 @@ def omniglot_one_shot(
   _checks.check_rank(train, 3, "train_embeddings", "[runs, classes, d]")
   test = _checks.as_float(test_embeddings, "test_embeddings")
   _checks.check_rank(test, 3, "test_embeddings", "[runs, items, d]")
+  _checks.check_finite_rows(train, "train_embeddings")
+  _checks.check_finite_rows(test, "test_embeddings")
   answers = np.asarray(answers)
   if answers.shape != test.shape[:2]:
     raise ValueError(

@@ -389,7 +389,7 @@ class LoadedEncoder:
     (a few compiled shapes for any number of small calls).
 
     Args:
-      images: [n, *input_shape] of ``input_dtype`` (``[n, h, w]`` is accepted for a
+      images: ``[n, *input_shape]`` of ``input_dtype`` (``[n, h, w]`` is accepted for a
         ``(h, w, 1)`` input).
       batch_size: images per compiled call.
 

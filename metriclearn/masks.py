@@ -13,6 +13,18 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+  "LabelComparison",
+  "valid_rows",
+  "label_equal",
+  "self_mask",
+  "valid_mask",
+  "pair_masks",
+  "positive_mask",
+  "negative_mask",
+  "triplet_mask",
+]
+
 LabelComparison = Callable[[jax.Array, jax.Array], jax.Array]
 
 

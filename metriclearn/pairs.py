@@ -36,6 +36,7 @@ __all__ = [
   "Pairs",
   "Relation",
   "batch_form",
+  "checked",
   "dense",
   "gather",
   "resolve",
@@ -121,16 +122,16 @@ def resolve(
   """Checks the batch-form arguments (see :data:`RELATION_ARGS`) into a Relation.
 
   Raises at trace time, naming the argument and the shapes, for: embeddings that are
-  not [n, d] real numbers, labels of the wrong shape or dtype, labels below -1 (when
-  their values are known), ``ref_embeddings`` without ``ref_labels`` (or the reverse)
-  or of another size d, masks of the wrong shape, ``ring`` without ``axis_name``.
+  not [n, d] real numbers or have no row (n = 0), labels of the wrong shape or dtype,
+  labels below -1 (when their values are known), ``ref_embeddings`` without
+  ``ref_labels`` (or the reverse) or of another size d, masks of the wrong shape,
+  ``ring`` without ``axis_name``.
 
   >>> rel = resolve(jnp.ones((3, 2)), jnp.array([0, 0, -1]))
   >>> rel.anchors.tolist(), rel.self_pairs  # the padding row is zeroed
   ([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]], True)
   """
-  embeddings = _checks.as_float(embeddings, "embeddings")
-  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
+  embeddings = _checks.check_embeddings(embeddings, "embeddings")
   n, d = embeddings.shape
   labels = jnp.asarray(labels)
   if label_comparison is None:
@@ -233,11 +234,13 @@ def dense(rel: Relation, rows: tuple[Any, int] | None = None) -> Pairs:
 _RELATION = (
   (
     "embeddings",
-    "[n, d] anchors (and the candidates when ``ref_embeddings`` is None).",
+    "[n, d] anchors, n >= 1 (and the candidates when ``ref_embeddings`` is None).",
   ),
   (
     "labels",
-    "[n] integer labels, -1 for padding (any [n, ...] with ``label_comparison``).",
+    "[n] integer labels, -1 for padding (any [n, ...] with ``label_comparison``); "
+    "below -1 raises when known. Traced labels and hyperparameters (inside ``jit``, "
+    "or learned) are checked only under :func:`metriclearn.pairs.checked`.",
   ),
   (
     "ref_embeddings",
@@ -304,6 +307,36 @@ _ANNOTATIONS = {
 def _parameter(name: str, kind, default=inspect.Parameter.empty):
   annotation = _ANNOTATIONS.get(name, "jax.Array")
   return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
+def checked(fn: Callable) -> Callable:
+  """``fn`` (any metriclearn loss, or a function calling losses) with the checks of
+  traced values staged in: ``err, out = checked(loss)(...)``; ``err.throw()`` raises
+  the first failure (``jax.experimental.checkify`` with its user checks).
+
+  A hyperparameter that arrives traced (a ``temperature``, ``margin`` or ``scale``
+  passed into ``jit``, or learned) and labels inside ``jit`` cannot be checked at
+  trace time; under ``checked`` a temperature of 0 or a label of -2 is an error
+  instead of a NaN or a silent padding row. Composes with ``jit``:
+  ``jax.jit(checked(loss))``.
+
+  >>> from metriclearn import losses
+  >>> f = jax.jit(checked(lambda e, y, t: losses.ntxent_loss(e, y, temperature=t)))
+  >>> err, _ = f(jnp.eye(2), jnp.array([0, 0]), 0.0)
+  >>> "temperature must be > 0" in err.get()
+  True
+  """
+  from jax.experimental import checkify
+
+  @functools.wraps(fn)
+  def staged(*args, **kwargs):
+    token = _checks.STAGED.set(True)
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _checks.STAGED.reset(token)
+
+  return checkify.checkify(staged, errors=checkify.user_checks)
 
 
 def batch_form(fn: Callable | None = None, *, executor: bool = False) -> Callable:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 import json
 import math
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,10 +37,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from flax import nnx, serialization, struct
+from flax import nnx, struct
 
-from metriclearn import models, pairs, parallel, reduce
+from metriclearn import checkpoints, models, pairs, parallel, reduce
+from metriclearn.checkpoints import (  # re-exported: training.<name> keeps working
+  CheckpointError,
+  CheckpointWarning,
+  NonFiniteLossError,
+  checkpoint_manager,
+  non_finite_paths,
+  restore_checkpoint,
+  save_checkpoint,
+)
+
+__all__ = [
+  "INPUT_KEYS",
+  "KINDS",
+  "PARALLEL",
+  "REDUCTIONS",
+  "TARGET_KEYS",
+  "CheckpointError",
+  "CheckpointWarning",
+  "Memory",
+  "NonFiniteLossError",
+  "Preempted",
+  "Regularizer",
+  "TrainState",
+  "apply_gradients",
+  "checkpoint_manager",
+  "create_train_state",
+  "embed",
+  "fit",
+  "make_eval_step",
+  "make_train_step",
+  "non_finite_paths",
+  "restore_checkpoint",
+  "save_checkpoint",
+  "views_loss",
+]
 
 Batch = Mapping[str, Any]
 KINDS = ("batch", "pair", "triplet", "proxy", "two_view")
@@ -53,38 +90,15 @@ INPUT_KEYS = {
 TARGET_KEYS = {"batch": ("label",), "proxy": ("label",), "pair": ("similar",)}
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient became NaN or infinite; names the step and what is kept.
-
-  Attributes:
-    step: the step whose update was refused (the state count it would have reached).
-    metrics: that step's metrics (``loss``, ``grad_norm``).
-    last_checkpoint: the step of the last checkpoint kept, or None.
-  """
-
-  def __init__(
-    self, step: int, metrics: Mapping[str, float], last_checkpoint: int | None
-  ):
-    self.step, self.metrics, self.last_checkpoint = step, metrics, last_checkpoint
-    bad = [f"{k} became {v}" for k, v in metrics.items() if not math.isfinite(v)]
-    kept = (
-      f"the last good checkpoint (step {last_checkpoint}) is kept"
-      if last_checkpoint is not None
-      else "no checkpoint had been saved"
-    )
-    super().__init__(
-      f"training stopped: the {' and the '.join(bad)} at step {step}; {kept}. Lower "
-      "the learning rate, clip gradients, or check the data of that step."
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Regularizer:
   """A term ``weight * fn(x)`` added to the step's objective.
 
   ``on="embeddings"``: ``fn(embeddings [n, d]) -> scalar`` of the batch (e.g.
-  ``metriclearn.regularizers.lp_regularizer``); with an ``axis_name`` each device
-  takes its own rows and the gradients are averaged (exact for a mean over rows).
+  ``metriclearn.regularizers.lp_regularizer``); a ``fn`` that takes a ``valid``
+  keyword gets ``valid=labels != -1`` in a labelled batch, so padding rows take no
+  part; with an ``axis_name`` each device takes its own rows and the gradients are
+  averaged (exact for a mean over rows).
   ``on=<name>``: ``fn`` of the loss parameter of that name (e.g. ``"proxies"``:
   ``regularizers.regular_face_regularizer``).
   """
@@ -92,6 +106,13 @@ class Regularizer:
   fn: Callable[[jax.Array], jax.Array]
   weight: float = 1.0
   on: str = "embeddings"
+
+
+def _takes_valid(fn: Callable) -> bool:
+  try:
+    return "valid" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):  # a builtin or a C function: no signature
+    return False
 
 
 def views_loss(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -452,8 +473,12 @@ def make_train_step(
       share = num / den if whole else devices * num / den
       penalty = jnp.zeros((), share.dtype)
       for r in regularizers:
-        x = emb if r.on == "embeddings" else trainable["loss_params"][r.on]
-        penalty = penalty + r.weight * r.fn(x)
+        if r.on != "embeddings":
+          penalty = penalty + r.weight * r.fn(trainable["loss_params"][r.on])
+        elif kind in ("batch", "proxy") and _takes_valid(r.fn):
+          penalty = penalty + r.weight * r.fn(emb, valid=targets[0] >= 0)
+        else:
+          penalty = penalty + r.weight * r.fn(emb)
       aux = (mean, updates.get("batch_stats", {}), memory, penalty)
       return share + penalty, aux
 
@@ -462,19 +487,7 @@ def make_train_step(
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    # Optax mixes Python floats and int32 counts (Adam's bias correction): let it,
-    # even when the user runs JAX with strict dtype promotion.
-    with jax.numpy_dtype_promotion("standard"):
-      updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    new_state = state.replace(
-      step=state.step + 1,
-      params=trainable["params"],
-      loss_params=trainable["loss_params"],
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-      memory=memory,
-    )
+    new_state = apply_gradients(state, grads, batch_stats=batch_stats, memory=memory)
     metrics = {"loss": mean, "grad_norm": optax.tree.norm(grads)}
     if regularizers:
       metrics["regularization"] = (
@@ -484,6 +497,23 @@ def make_train_step(
 
   step.axis_name = axis_name  # read by pmap_step, shard_map_step and fit
   return step
+
+
+def apply_gradients(state: TrainState, grads: Any, **changes: Any) -> TrainState:
+  """One optimizer update of ``state.trainable`` by ``grads`` (a tree like it), the
+  step count advanced and ``changes`` (e.g. ``batch_stats=``) applied."""
+  # Optax mixes Python floats and int32 counts (Adam's bias correction): let it,
+  # even when the user runs JAX with strict dtype promotion.
+  with jax.numpy_dtype_promotion("standard"):
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  return state.replace(
+    step=state.step + 1,
+    params=trainable["params"],
+    loss_params=trainable["loss_params"],
+    opt_state=opt_state,
+    **changes,
+  )
 
 
 def make_eval_step(
@@ -520,56 +550,25 @@ def embed(
   return np.concatenate(out)
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def checkpoint_manager(
-  directory: str | os.PathLike,
-  *,
-  save_every: int = 1000,
-  keep: int | None = 3,
-  async_save: bool = True,
-) -> ocp.CheckpointManager:
-  """An Orbax manager that saves every ``save_every`` steps and keeps the last ``keep``.
-
-  A checkpoint appears only once completely written, so a process killed while
-  saving leaves the previous checkpoints intact.
-  """
-  options = ocp.CheckpointManagerOptions(
-    save_interval_steps=save_every,
-    max_to_keep=keep,
-    create=True,
-    enable_async_checkpointing=async_save,
-  )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def save_checkpoint(
-  manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False
-) -> bool:
-  """Saves a single-device (or mesh-replicated) state at its step, if the manager's
-  interval says so (or ``force``); returns whether it saved."""
-  step = int(state.step)
-  if not (force or manager.should_save(step)):
-    return False
-  host = jax.tree.map(np.array, serialization.to_state_dict(state))  # copies
-  return manager.save(step, args=ocp.args.StandardSave(host), force=force)
-
-
-def restore_checkpoint(
-  manager: ocp.CheckpointManager, template: TrainState, step: int | None = None
-) -> TrainState:
-  """Restores the checkpoint at ``step`` (default: the latest) into ``template``'s
-  structure (from ``create_train_state`` with the same configuration)."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
-  target = jax.tree.map(np.asarray, serialization.to_state_dict(template))
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return serialization.from_state_dict(template, restored)
-
-
 # ---------------------------------------------------------------- fit
+
+
+class Preempted(SystemExit):
+  """SIGTERM (a preempted job): a checkpoint was saved; a rerun resumes from it.
+
+  Exits with status 143 (128 + SIGTERM) unless caught. Attributes: ``step``,
+  ``directory``.
+  """
+
+  def __init__(self, step: int, directory: str):
+    self.step, self.directory = step, directory
+    super().__init__(143)
+
+  def __str__(self) -> str:
+    return (
+      f"SIGTERM at step {self.step}: checkpoint {self.directory}/{self.step} saved; "
+      "run again to resume from it."
+    )
 
 
 PARALLEL = (None, "jit", "pmap", "shard_map")
@@ -613,6 +612,26 @@ def _host_batches(batches, start: int, num_steps: int) -> Iterable[Batch]:
   return itertools.islice(iterator, num_steps - start)
 
 
+def _cut_log(path: str | os.PathLike, step: int) -> None:
+  """Drops the JSON lines of ``path`` after ``step`` (those of a run that is resumed
+  from an earlier checkpoint would otherwise appear twice)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+
+  def kept(line: str) -> bool:
+    try:
+      return json.loads(line).get("step", 0) <= step
+    except ValueError:  # a line cut short by a kill
+      return False
+
+  keep = [line for line in lines if kept(line)]
+  if len(keep) != len(lines):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
 def fit(
   step: Callable,
   state: TrainState,
@@ -629,6 +648,8 @@ def fit(
   log_every: int = 10,
   progress: bool = True,
   prefetch: int = 2,
+  resume_step: int | None = None,
+  handle_sigterm: bool = True,
 ) -> TrainState:
   """Trains to ``num_steps``, resuming from the latest checkpoint in ``checkpoint_dir``.
 
@@ -658,13 +679,25 @@ def fit(
       loss and gradient norm over those steps, and one line per evaluation.
     progress: show a tqdm progress bar with the loss of the last log.
     prefetch: device batches kept ready (>= 1).
+    resume_step: resume from this checkpoint instead of the latest (the later ones
+      are deleted), e.g. the one a :class:`NonFiniteLossError` names.
+    handle_sigterm: with a ``checkpoint_dir``, a SIGTERM (a preempted job) saves a
+      checkpoint after the current step and raises :class:`Preempted` (exit status
+      143); a rerun resumes from it.
+
+  A restored checkpoint is verified (:func:`restore_checkpoint`): a damaged one is
+  named in a :class:`CheckpointWarning`, set aside and the previous one used. On
+  resume the lines of ``log_path`` after the restored step are dropped.
 
   Returns:
     The final single-device state.
 
   Raises:
-    NonFiniteLossError: the loss or the gradient became NaN/inf; no state from that
-      step on is saved, the earlier checkpoints are kept.
+    NonFiniteLossError: the loss, the gradient, the parameters or the optimizer state
+      became NaN/inf; no state from that step on is saved, the earlier checkpoints
+      are kept (the error names the one to resume from).
+    CheckpointError: every checkpoint in ``checkpoint_dir`` is damaged.
+    Preempted: SIGTERM; the checkpoint of the step reached is saved.
   """
   from tqdm import tqdm
 
@@ -674,11 +707,20 @@ def fit(
   manager = None
   if checkpoint_dir is not None:
     manager = checkpoint_manager(checkpoint_dir, save_every=save_every, keep=keep)
-    if manager.latest_step() is not None:
-      restored = restore_checkpoint(manager, state)
+    if resume_step is not None:
+      restored = restore_checkpoint(manager, state, resume_step)
+      for later in [s for s in manager.all_steps() if s > resume_step]:
+        manager.delete(later)
       _, _, _, device_state = _placement(step, restored, parallel)
+    elif manager.latest_step() is not None:
+      restored = restore_checkpoint(manager, state, set_aside=True)
+      _, _, _, device_state = _placement(step, restored, parallel)
+  elif resume_step is not None:
+    raise ValueError("resume_step needs a checkpoint_dir.")
   start = int(np.asarray(host(device_state).step))
   source = _host_batches(batches, start, num_steps)
+  if log_path is not None:
+    _cut_log(log_path, start)
   log = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
   bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
   pending, window = [], []  # device metrics since the last sync; host since the log
@@ -694,12 +736,26 @@ def fit(
     for k, metrics in enumerate(jax.device_get(pending)):
       metrics = {key: float(np.ravel(v)[0]) for key, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):
-        if manager is not None:
-          manager.wait_until_finished()
-        last = manager.latest_step() if manager else None
-        raise NonFiniteLossError(first + k, metrics, last)
+        last = checkpoints.latest_step(manager) if manager else None
+        where = manager.directory if manager else None
+        raise NonFiniteLossError(
+          first + k,
+          metrics,
+          last,
+          directory=where,
+          largest=checkpoints.largest_parameter(manager, last),
+        )
       window.append(metrics)
     pending.clear()
+
+  stop = []  # a SIGTERM arrived
+  previous = None
+  if (
+    handle_sigterm
+    and manager is not None
+    and threading.current_thread() is threading.main_thread()
+  ):
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
 
   try:
     with Prefetcher(source, prefetch, place) as device_batches:
@@ -710,6 +766,12 @@ def fit(
         logs = done % log_every == 0 or done == num_steps
         saves = manager is not None and (done % save_every == 0 or done == num_steps)
         evals = eval_fn is not None and (done % eval_every == 0 or done == num_steps)
+        if stop:
+          sync(done)
+          if checkpoints.latest_step(manager) != done:
+            save_checkpoint(manager, host(device_state), force=True)
+          manager.wait_until_finished()
+          raise Preempted(done, str(manager.directory))
         if not (logs or saves or evals):
           continue
         sync(done)
@@ -729,6 +791,8 @@ def fit(
               f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
             )
   finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
     bar.close()
     if log is not None:
       log.close()

@@ -3,7 +3,8 @@
 Run as a fresh process: ``python tests/checkpoint_worker.py DIR NUM_STEPS [HANG_AT]``
 trains to NUM_STEPS with checkpoints in DIR (resuming from the latest one there); with
 HANG_AT it writes ``DIR/HANGING`` and sleeps when it is about to run step HANG_AT, so
-the test can kill it between two checkpoints.
+the test can kill it between two checkpoints; $CHECKPOINT_WORKER_DELAY (seconds) slows
+every batch, so that a signal can arrive mid-run.
 
 The run has everything a checkpoint must carry: BatchNorm statistics, Adam's state, a
 learned loss parameter (NT-Xent's log-temperature), a cross-batch memory, and batches
@@ -66,7 +67,10 @@ def setup() -> tuple:
 def run(directory, num_steps: int, hang_at: int | None = None):
   step, state = setup()
 
+  delay = float(os.environ.get("CHECKPOINT_WORKER_DELAY", 0))  # seconds a batch
+
   def source(s):
+    time.sleep(delay)
     if s == hang_at:
       pathlib.Path(directory, "HANGING").touch()
       time.sleep(3600)

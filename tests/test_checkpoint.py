@@ -56,8 +56,9 @@ def saved_steps(directory):
     manager.close()
 
 
-def worker_process(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def worker_process(*args, delay: float = 0.0):
+  """The worker in a fresh process; ``delay``: seconds each batch takes."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CHECKPOINT_WORKER_DELAY=str(delay))
   return subprocess.Popen(
     [sys.executable, str(WORKER), *map(str, args)],
     env=env,

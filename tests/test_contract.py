@@ -253,3 +253,59 @@ def test_ring_on_eight_devices_equals_dense(name):
   got, grad = run_on_devices(ring, e, labels, mode="shard_map")
   assert_close(got, want, 1e-4, name)
   assert_close(grad, want_grad, 1e-4, name)
+
+
+# Issue 15: an empty batch (n = 0) raises one error naming `embeddings`, in every
+# batch-form and class loss, dense and blockwise; a traced hyperparameter or traced
+# labels are checked under pairs.checked (checkify).
+CLASS_LOSSES = [
+  losses.arcface_loss,
+  losses.cosface_loss,
+  losses.normalized_softmax_loss,
+  losses.proxy_anchor_loss,
+  losses.proxy_nca_loss,
+  losses.softmax_cross_entropy_loss,
+]
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_an_empty_batch_raises_naming_embeddings(name):
+  _, loss, options, _ = CASES[IDS.index(name)]
+  empty, no_labels = jnp.zeros((0, 4)), jnp.zeros((0,), jnp.int32)
+  for block in ({}, {"block_size": 2}):
+    with pytest.raises(ValueError, match="embeddings must hold at least one row"):
+      loss(empty, no_labels, **options, **block)
+
+
+def test_an_empty_batch_raises_naming_embeddings_in_class_losses():
+  proxies = jnp.eye(3, 4)
+  for loss in CLASS_LOSSES:
+    with pytest.raises(ValueError, match="embeddings must hold at least one row"):
+      loss(jnp.zeros((0, 4)), jnp.zeros((0,), jnp.int32), proxies)
+
+
+def test_traced_hyperparameters_and_labels_are_checked_under_checked():
+  from metriclearn import pairs
+
+  e = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+  y = jnp.array([0, 0, 1, 1, 2, 2])
+  for loss in (losses.ntxent_loss, losses.supcon_loss):
+    f = jax.jit(pairs.checked(lambda e, y, t, loss=loss: loss(e, y, temperature=t)))
+    err, _ = f(e, y, 0.0)
+    assert "temperature must be > 0 (got 0.0)" in err.get()
+    err, _ = f(e, y.at[0].set(-2), 0.5)
+    assert "labels must be >= 0, or -1 for padding (got -2)" in err.get()
+    err, out = f(e, y, 0.5)
+    assert err.get() is None
+    np.testing.assert_array_equal(out, loss(e, y, temperature=0.5))
+  f = jax.jit(
+    pairs.checked(
+      lambda e, y, t: losses.normalized_softmax_loss(e, y, jnp.eye(3), temperature=t)
+    )
+  )
+  assert "temperature must be > 0" in f(e, y, 0.0)[0].get()
+
+
+def test_pair_losses_name_a_non_numeric_argument():
+  with pytest.raises(TypeError, match="x1 must hold real numbers, got str"):
+    losses.contrastive_loss("a", jnp.ones(2), True)

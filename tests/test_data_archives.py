@@ -264,3 +264,15 @@ def test_alphabet_table_fills_the_ids():
   ids = sorted(i for first, last in ranges.values() for i in range(first, last + 1))
   assert ids == list(range(1, 1624))
   assert len(archives.OMNIGLOT_CLASS_NAMES) == 1623
+
+
+def test_mnist_labels_out_of_range_are_refused(tmp_path):
+  # Issue 15: a label of 200 in the labels file is an error naming the file.
+  (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+    np.array([2051, 2, 2, 2], ">i4").tobytes() + b"\0" * 8
+  )
+  (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(
+    np.array([2049, 2], ">i4").tobytes() + bytes([3, 200])
+  )
+  with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: MNIST labels are 0-9"):
+    data.load_mnist(tmp_path, "test")

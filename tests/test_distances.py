@@ -157,3 +157,11 @@ def test_snr_identical_rows_constant_signal_and_nan():
   assert got.dtype == jnp.float32
   with pytest.raises(ValueError, match="x1 and x2 must have the same shape"):
     D.snr_distance(jnp.zeros(3), jnp.zeros(4))
+
+
+def test_nan_in_nan_out():
+  # Issue 15: a NaN coordinate is never a plausible distance (euclidean was 0.0).
+  nan, x = jnp.array([jnp.nan, 1.0]), jnp.array([1.0, 2.0])
+  for fn in (D.euclidean, D.squared_euclidean, D.cosine_distance, D.dot):
+    assert np.isnan(fn(nan, x)) and np.isnan(fn(x, nan))
+  assert np.isnan(D.pairwise_euclidean(jnp.stack([nan, x]))[0]).all()

@@ -431,3 +431,44 @@ def test_omniglot_raw_pixel_baseline_on_the_official_runs(shared_data):
   got = E.omniglot_one_shot(train, test, answers, distance="cosine")
   assert 0.20 <= got["accuracy"] <= 0.22
   assert got["error"] == pytest.approx(np.mean(got["run_errors"]))
+
+
+# Issue 15: evaluation refuses non-finite embeddings (saying how many rows), counts
+# that are not positive ints, and float labels where labels are classes.
+def test_non_finite_embeddings_are_refused_saying_how_many_rows():
+  x = np.random.default_rng(0).normal(size=(6, 3))
+  y = np.array([0, 0, 1, 1, 2, 2])
+  bad = x.copy()
+  bad[1, 0], bad[4, 2] = np.nan, np.inf
+  with pytest.raises(ValueError, match="embeddings has 2 of 6 rows holding NaN or inf"):
+    E.retrieval_metrics(bad, y)
+  with pytest.raises(ValueError, match="ref_embeddings has 2 of 6 rows"):
+    E.retrieval_metrics(x, y, ref_embeddings=bad, ref_labels=y)
+  with pytest.raises(ValueError, match="queries has 2 of 6 rows"):
+    E.knn(bad, k=1)
+  with pytest.raises(ValueError, match="embeddings has 2 of 6 rows"):
+    E.clustering_metrics(bad, y)
+  with pytest.raises(ValueError, match="support has 2 of 6 rows"):
+    E.few_shot_predict(bad, y, x)
+  with pytest.raises(ValueError, match="queries has 2 of 6 rows"):
+    E.few_shot_accuracy(x, y, bad, y)
+  train = np.eye(3)[None]
+  test = train[:, ::-1].copy()
+  test[0, 1] = np.nan
+  with pytest.raises(ValueError, match="test_embeddings has 1 of 3 rows"):
+    E.omniglot_one_shot(train, test, np.array([[2, 1, 0]]))
+
+
+def test_counts_must_be_positive_ints_and_class_labels_integers():
+  x = np.random.default_rng(0).normal(size=(6, 3))
+  y = np.array([0, 0, 1, 1, 2, 2])
+  for bad in (2.5, True, 0):
+    with pytest.raises((TypeError, ValueError), match="k must be"):
+      E.knn(x, k=bad)
+    with pytest.raises((TypeError, ValueError), match="query_block must be"):
+      E.retrieval_metrics(x, y, query_block=bad)
+    with pytest.raises((TypeError, ValueError), match="ref_block must be"):
+      E.retrieval_metrics(x, y, ref_block=bad)
+  assert E.knn(x, k=np.int64(2)).indices.shape == (6, 2)
+  with pytest.raises(TypeError, match="support_labels must be integers"):
+    E.few_shot_predict(x, y.astype(float), x)

@@ -110,6 +110,40 @@ def test_digits_configuration_runs_with_smoke(tmp_path):
   assert (tmp_path / "encoder" / "manifest.json").exists()
 
 
+# One loss of each family through `train.py --set loss=<name>` (digits, --smoke), with
+# its options, a miner, the other optimizers and the two-view sampler.
+FAMILY_RUNS = {
+  "pair": ["loss=contrastive", "loss_kwargs.margin=0.5"],
+  "triplet": ["loss=batch_hard_triplet", "miner=batch_easy_hard"],
+  "pair_triplet": ["loss=angular", "loss_kwargs.alpha=40.0", "optimizer=sgd"],
+  "pair_weighting": ["loss=multi_similarity", "schedule=constant"],
+  "softmax": ["loss=decoupled_contrastive", "loss_kwargs.temperature=0.05"],
+  "ranking": ["loss=smooth_ap", "optimizer=lamb"],
+  "classification": ["loss=arcface", "loss_kwargs.scale=16.0"],
+  "proxy": ["loss=proxy_anchor"],
+  "self_supervised": ["loss=vicreg", "augment=koch"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_RUNS))
+def test_every_family_runs_from_the_command_line(family, tmp_path):
+  config = str(ROOT / "experiments" / "configs" / "digits.py")
+  args = ["--config", config, "--smoke", "--workdir", str(tmp_path), "--no-progress"]
+  for setting in FAMILY_RUNS[family]:
+    args += ["--set", setting]
+  result = train.main(args)
+  loss = FAMILY_RUNS[family][0].removeprefix("loss=")
+  assert result["config"]["loss"] == loss
+  for setting in FAMILY_RUNS[family][1:]:
+    key, value = setting.split("=")
+    top, _, sub = key.partition(".")
+    got = result["config"][top][sub] if sub else result["config"][top]
+    assert str(got) == value, (key, got)
+  assert np.isfinite(result["metrics"]["map_at_r"])
+  log = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+  assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+
+
 def test_validation_holds_out_whole_alphabets_of_the_training_split():
   config = {"dataset": "omniglot", "holdout": "validation", "validation_groups": 5}
   train_part, held, runs = train.load_data(config)

@@ -497,3 +497,32 @@ def test_views_loss_pairs_each_item_with_its_other_view():
     jnp.concatenate([z1, z2]), jnp.concatenate([items, items]), temperature=0.5
   )
   np.testing.assert_allclose(got, 0.5 * (both[:5] + both[5:]), rtol=1e-6)
+
+
+def test_embedding_regularizer_leaves_padding_rows_out():
+  """A regularizer that takes ``valid`` gets labels != -1: the padding row (label -1,
+  inputs of 1e3) changes neither the metric nor the gradient."""
+  from metriclearn import regularizers
+
+  rng = np.random.default_rng(4)
+  batch = make_batch("batch", rng)  # the last row is padding
+  loud = {**batch, "image": batch["image"].copy()}
+  loud["image"][-1] = 1e3
+  reg = training.Regularizer(regularizers.lp_regularizer, weight=0.5)
+  # no BatchNorm: the padding row must not reach the other rows through statistics
+  plain = models.Encoder(
+    models.MLPEncoder(hidden=(8,), batch_norm=False), models.EmbeddingHead(4)
+  )
+  step = jax.jit(
+    training.make_train_step(plain, softmax.supcon_loss, regularizers=[reg])
+  )
+  state = training.create_train_state(
+    jax.random.PRNGKey(0), plain, SGD, batch["image"][:2]
+  )
+  quiet_state, quiet = step(state, batch)
+  loud_state, noisy = step(state, loud)
+  np.testing.assert_allclose(noisy["regularization"], quiet["regularization"], 1e-6)
+  for a, b in zip(
+    jax.tree.leaves(loud_state.params), jax.tree.leaves(quiet_state.params), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

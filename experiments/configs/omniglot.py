@@ -45,7 +45,7 @@ def get_config() -> dict:
     steps=1800,
     eval_every=900,
     save_every=600,
-    tta=True,  # test-time augmentation: the mean embedding of 9 one-pixel shifts
+    tta=True,  # final evaluation: the mean embedding of the 9 one-pixel shifts
     ways=20,
     episodes=200,
     holdout="test",

@@ -56,6 +56,18 @@ from metriclearn.data.dataset import (
   save_cached,
 )
 
+__all__ = [
+  "OMNIGLOT_ALPHABETS",
+  "OMNIGLOT_ALPHABET_IDS",
+  "OMNIGLOT_NUM_CHARACTERS",
+  "OMNIGLOT_SPLITS",
+  "load_omniglot",
+  "OneShotRuns",
+  "load_omniglot_runs",
+  "load_mnist",
+  "load_digits",
+]
+
 PathLike = str | os.PathLike
 
 # Lake's alphabets in the order of their global character ids: (name, first id).
@@ -485,6 +497,12 @@ def load_mnist(path: PathLike, split: str = "train") -> ImageDataset:
     raise ValueError(
       f"{image_file} holds {images.shape[0]} images but {label_file} holds "
       f"{labels.shape[0]} labels."
+    )
+  if labels.size and labels.max() > 9:
+    bad = int(np.sum(labels > 9))
+    raise ValueError(
+      f"{label_file}: MNIST labels are 0-9, but {bad} label(s) are larger (up to "
+      f"{int(labels.max())}); the file is damaged or not MNIST's."
     )
   return ImageDataset(
     images[..., None],

@@ -23,6 +23,18 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+  "Augment",
+  "KOCH_AFFINE",
+  "to_float",
+  "affine_transform",
+  "random_affine",
+  "random_crop",
+  "random_flip",
+  "compose",
+  "two_views",
+]
+
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Koch et al. 2015, section 4.3: theta in [-10, 10] degrees, shear rho_x, rho_y in

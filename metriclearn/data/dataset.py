@@ -20,6 +20,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+__all__ = [
+  "ImageDataset",
+  "default_cache_dir",
+  "cache_path",
+  "load_cached",
+  "save_cached",
+  "resize_images",
+  "as_dataset",
+]
+
 _CACHE_VERSION = 1
 
 

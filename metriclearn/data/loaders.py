@@ -9,6 +9,8 @@ from metriclearn.data import archives, pack, tfds_data
 from metriclearn.data.dataset import ImageDataset, resize_images
 
 PathLike = str | os.PathLike
+__all__ = ["ARCHIVE_DATASETS", "BUILTIN_DATASETS", "load"]
+
 ARCHIVE_DATASETS = ("mnist", "omniglot")
 BUILTIN_DATASETS = ("digits",)
 

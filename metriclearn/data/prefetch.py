@@ -18,6 +18,11 @@ from typing import Any
 
 import jax
 
+__all__ = [
+  "Prefetcher",
+  "prefetch_to_device",
+]
+
 Batch = Mapping[str, Any]
 
 

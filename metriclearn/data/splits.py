@@ -18,6 +18,11 @@ import numpy as np
 
 from metriclearn.data.dataset import ImageDataset
 
+__all__ = [
+  "class_disjoint_indices",
+  "class_split",
+]
+
 
 def class_disjoint_indices(
   labels: np.ndarray,

@@ -24,6 +24,11 @@ import numpy as np
 
 from metriclearn.data.dataset import ImageDataset, resize_images
 
+__all__ = [
+  "tfds_source",
+  "load_tfds",
+]
+
 PathLike = str | os.PathLike
 _DOWNLOAD_RETRIES = 2
 

@@ -62,8 +62,7 @@ def setup(
   """Checks ``(embeddings, labels, proxies)`` and, with ``proxy_axis_name`` (or
   ``gather_axis``), gathers the batch from every device and finds each row's local
   target proxy (module docstring of :mod:`metriclearn.losses.classification`)."""
-  embeddings = _checks.as_float(embeddings, "embeddings")
-  _checks.check_rank(embeddings, 2, "embeddings", "[n, d]")
+  embeddings = _checks.check_embeddings(embeddings, "embeddings")
   n, d = embeddings.shape
   labels = _checks.check_labels(labels, n, "labels")
   proxies = _checks.as_float(proxies, name)

@@ -11,6 +11,17 @@ import jax.numpy as jnp
 
 from metriclearn import _checks, distances
 
+__all__ = [
+  "CONTRASTIVE_VARIANTS",
+  "contrastive_from_distance",
+  "contrastive_loss",
+  "binary_cross_entropy_with_logits",
+  "pair_logit",
+  "sigmoid_pair_loss",
+  "weighted_l1_logit",
+  "weighted_l1_loss",
+]
+
 # Keyword options that reproduce each published form of the contrastive loss exactly.
 CONTRASTIVE_VARIANTS: dict[str, dict[str, float]] = {
   # Hadsell, Chopra & LeCun 2006, eq. 4 (their Y = 0 is our similar=True):
@@ -110,8 +121,8 @@ def contrastive_loss(
   the same without ½ (default)                       (defaults)
   y·D + (1-y)·max(0, m-D), y = 1 for similar         ``pos_power=1, neg_power=1``
   ½·y·D² + (1-y)·max(m-D, 0), y = 1 for similar      ``pos_weight=0.5, neg_power=1``
-  pytorch-metric-learning ContrastiveLoss            ``pos_power=1, neg_power=1,
-  (pos_margin, neg_margin)                           pos_margin=…, margin=…``
+  pytorch-metric-learning ContrastiveLoss            ``pos_power=1, neg_power=1,``
+  (pos_margin, neg_margin)                           ``pos_margin=…, margin=…``
   =================================================  ==================================
 
   Args:

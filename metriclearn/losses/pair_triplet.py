@@ -313,8 +313,8 @@ def intra_pair_variance_loss(
 
   Args:
     {relation}
-    pos_eps: epsilon_+ in [0, 1] (paper: 0.01).
-    neg_eps: epsilon_- >= 0 (paper: 0.01).
+    pos_eps: :math:`\epsilon_+` in [0, 1] (paper: 0.01).
+    neg_eps: :math:`\epsilon_-` >= 0 (paper: 0.01).
     average: 'anchor' or 'batch', see above.
 
   Returns:

@@ -1,0 +1,27 @@
+"""The machine line every benchmark prints: CPU, cores, Python, JAX, backend, load."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_name() -> str:
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  import jax
+
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+  return (
+    f"{cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, JAX "
+    f"{jax.__version__}, {jax.default_backend()} backend ({jax.devices()[0]}); "
+    f"load average {load}"
+  )

@@ -1,0 +1,68 @@
+"""What the published package promises: light imports, __all__, the files it ships."""
+
+import importlib
+import pathlib
+import pkgutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+import metriclearn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEAVY = ("flax", "orbax", "tensorflow_datasets", "matplotlib")
+LIGHT = ("losses", "distances", "masks", "reduce", "miners", "pairs")
+PUBLIC = ["metriclearn"] + sorted(
+  m.name
+  for m in pkgutil.walk_packages(metriclearn.__path__, "metriclearn.")
+  if not any(part.startswith("_") for part in m.name.split("."))
+)
+
+
+def test_the_loss_modules_load_none_of_the_heavy_dependencies():
+  # A fresh interpreter: this one has imported everything already. A user who wants one
+  # loss pays for JAX only, not for the trainer (Flax, Orbax) or the data sets.
+  imports = "; ".join(f"import metriclearn.{name}" for name in LIGHT)
+  code = f"import sys; {imports}; print([m for m in {HEAVY!r} if m in sys.modules])"
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+  )
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_top_level_package_loads_its_submodules_on_first_use():
+  assert set(dir(metriclearn)) >= set(metriclearn.__all__)
+  assert metriclearn.training is importlib.import_module("metriclearn.training")
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    metriclearn.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_every_public_module_declares_all_and_each_name_exists(name):
+  module = importlib.import_module(name)
+  assert hasattr(module, "__all__"), f"{name} has no __all__"
+  names = list(module.__all__)
+  assert len(names) == len(set(names)), f"{name}.__all__ repeats a name"
+  missing = [n for n in names if not hasattr(module, n)]
+  assert not missing, f"{name}.__all__ names what it does not define: {missing}"
+
+
+def test_the_wheel_declares_its_licences_type_marker_and_the_pack():
+  # (building a wheel needs the network for its build back end; tests stay offline, so
+  # this checks what pyproject.toml tells setuptools to put in it, and that it exists)
+  config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  for path in config["project"]["license-files"]:
+    assert (ROOT / path).is_file(), path
+  assert "Apache License" in (ROOT / "LICENSE").read_text()
+  assert "MIT License" in (ROOT / "metriclearn/data/omniglot/LICENSE").read_text()
+  package_data = config["tool"]["setuptools"]["package-data"]
+  assert "py.typed" in package_data["metriclearn"]
+  assert {"omniglot/omniglot28.npz", "omniglot/LICENSE"} <= set(
+    package_data["metriclearn.data"]
+  )
+  for package, files in package_data.items():
+    folder = ROOT.joinpath(*package.split("."))
+    for file in files:
+      assert (folder / file).is_file(), f"{package}: {file}"
