@@ -66,3 +66,34 @@ def test_the_wheel_declares_its_licences_type_marker_and_the_pack():
     folder = ROOT.joinpath(*package.split("."))
     for file in files:
       assert (folder / file).is_file(), f"{package}: {file}"
+
+
+def test_no_module_imports_a_private_module_of_another_package():
+  """``metriclearn.<pkg>._<name>`` is imported only from inside ``<pkg>``; the
+  package root's own private helpers (``_checks``, ``_files``) serve everyone."""
+  import ast
+  import pathlib
+
+  root = pathlib.Path(metriclearn.__file__).parent
+  offences = []
+  for path in root.rglob("*.py"):
+    package = ".".join(("metriclearn", *path.relative_to(root).parent.parts))
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+      elif isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      else:
+        continue
+      for name in names:
+        parts = name.split(".")
+        for i, part in enumerate(parts[1:], start=1):
+          if not part.startswith("_") or part.startswith("__"):
+            continue
+          owner = parts[:i]  # the package holding the private name or module
+          while owner and not root.joinpath(*owner[1:]).is_dir():
+            owner = owner[:-1]  # a module: its package
+          owner = ".".join(owner)
+          if owner != "metriclearn" and not package.startswith(owner):
+            offences.append(f"{path.relative_to(root)} imports {name}")
+  assert not offences, offences
