@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+  "checkpoints",
   "data",
   "distances",
   "evaluation",
+  "gradcache",
   "inference",
+  "initializers",
   "losses",
   "masks",
   "miners",
@@ -29,6 +32,7 @@ __all__ = [
   "pairs",
   "parallel",
   "reduce",
+  "regularizers",
   "training",
   "__version__",
 ]
@@ -37,10 +41,13 @@ _SUBMODULES = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
   from metriclearn import (
+    checkpoints,
     data,
     distances,
     evaluation,
+    gradcache,
     inference,
+    initializers,
     losses,
     masks,
     miners,
@@ -48,6 +55,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     pairs,
     parallel,
     reduce,
+    regularizers,
     training,
   )
 
