@@ -92,6 +92,7 @@ __all__ = [
   "as_variables",
   "build",
   "describe",
+  "max_pool_2x2",
   "nnx_encoder",
   "with_variables",
 ]
@@ -112,6 +113,20 @@ def as_images(x: jax.Array) -> jax.Array:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
   return x
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, ``'VALID'``: ``nn.max_pool(x, (2, 2), (2, 2))``.
+
+  Written as a crop, a reshape and a max: the same values, and on XLA:CPU a training
+  step of Conv-4 1.26x faster than ``reduce_window`` with its select-and-scatter
+  gradient (``benchmarks/pooling.md``). Where a
+  window holds tied maxima the gradient is shared among them instead of given to the
+  first.
+  """
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def _batch_norm(module: nn.Module, train: bool, x: jax.Array, **kwargs) -> jax.Array:
@@ -199,7 +214,7 @@ class ConvEncoder(nn.Module):
       x = nn.Conv(self.filters, (3, 3), padding="SAME", dtype=self.dtype)(x)
       x = _batch_norm(self, train, x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     return x.reshape(x.shape[0], -1)
 
 
@@ -256,7 +271,7 @@ class KochTower(nn.Module):
       x = nn.Conv(width, (k, k), padding=self.padding, dtype=self.dtype)(x)
       x = nn.relu(x)
       if i < len(self.features) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     return nn.sigmoid(nn.Dense(self.hidden, dtype=self.dtype)(x))
 

@@ -352,6 +352,27 @@ def test_conv4_blocks_equal_a_numpy_forward_pass(train):
   assert not np.allclose(reference(relu=False)[0], want, atol=1e-2)  # ReLU matters
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (2, 7, 5, 1)], ids=["even", "odd"])
+def test_max_pool_2x2_equals_flax_reduce_window(shape):
+  """The reshape-and-max pool against Flax's nn.max_pool (XLA reduce_window, an
+  independent implementation): values and, with no tied maxima (normal draws),
+  gradients; an odd last row or column is dropped by both."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+  out = (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  cot = jnp.asarray(np.random.default_rng(1).normal(size=out), jnp.float32)
+
+  def flax_pool(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  grads = [
+    jax.grad(lambda x, f=f: jnp.sum(f(x) * cot))(x)
+    for f in (models.max_pool_2x2, flax_pool)
+  ]
+  np.testing.assert_array_equal(grads[0], grads[1])
+  assert np.count_nonzero(grads[1]) == cot.size  # one winner per window
+
+
 @pytest.mark.parametrize(
   "c_in, strides", [(4, 1), (2, 2)], ids=["identity", "projection"]
 )
