@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+try:
+  import matplotlib
+except ImportError as e:  # an extra: the library itself never draws
+  raise ImportError(
+    f"experiments/ draws its figures with matplotlib ({e}): "
+    "pip install -e '.[experiments]'"
+  ) from e
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

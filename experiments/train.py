@@ -13,7 +13,9 @@ command and the result it should reach); ``--set key=value`` overrides a key (va
 are Python literals). ``--set holdout=validation`` holds out alphabets of the training
 split instead of testing (choose a configuration there, never on the test set). Every
 run writes into ``--workdir``: ``metrics.json`` (the final held-out metrics, the
-configuration, the machine, the wall time), ``log.jsonl`` (the training curve), Orbax
+configuration, the machine, the wall time), ``log.jsonl`` (the training curve; the
+same as TensorBoard scalars in ``tensorboard/`` when TensorBoard is installed, or with
+``--set tensorboard=True``), Orbax
 ``checkpoints/`` (a rerun resumes from them), ``config.json`` (the configuration the
 checkpoints belong to), ``encoder/`` (the trained encoder, for
 ``metriclearn.inference.load_encoder``) and ``figures/`` (training curves, a 2-D map
@@ -99,6 +101,7 @@ DEFAULTS = dict(
   save_every=500,  # checkpoint interval (steps)
   eval_every=250,  # held-out evaluation interval (steps)
   log_every=10,  # log.jsonl interval (steps)
+  tensorboard=None,  # also TensorBoard scalars in tensorboard/ (None: if installed)
   normalize=True,  # L2-normalised embeddings
   filters=64,  # conv4's width
   image_size=None,  # Omniglot's size (None: 28, the bundled pack)
@@ -121,6 +124,7 @@ SAFE_ON_RESUME = (
   "save_every",
   "eval_every",
   "log_every",
+  "tensorboard",
   "data_path",
   "ways",
   "episodes",
@@ -290,6 +294,15 @@ def _sampler(config: dict, train: data.ImageDataset, spec: registry.LossSpec):
     k = (size // 2) // p
   by_group = config.get("batch_by_group", False)
   return data.balanced_batches(train, p, k, seed=seed, by_group=by_group), ("image",)
+
+
+def _tensorboard_dir(config: dict, workdir: pathlib.Path) -> pathlib.Path | None:
+  """``workdir/tensorboard`` if the run writes TensorBoard scalars: when
+  ``config['tensorboard']`` says so, or (None) when TensorBoard is installed."""
+  wanted = config.get("tensorboard")
+  if wanted is None:
+    wanted = importlib.util.find_spec("tensorboard") is not None
+  return workdir / "tensorboard" if wanted else None
 
 
 def make_batches(config: dict, train: data.ImageDataset, spec: registry.LossSpec):
@@ -639,6 +652,7 @@ def train_and_evaluate(
       eval_every=config["eval_every"],
       log_path=log_path,
       log_every=config["log_every"],
+      tensorboard_dir=_tensorboard_dir(config, workdir),
       progress=progress,
       resume_step=resume_step,
     )

@@ -33,6 +33,7 @@ __all__ = [
   "parallel",
   "reduce",
   "regularizers",
+  "summaries",
   "training",
   "__version__",
 ]
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     parallel,
     reduce,
     regularizers,
+    summaries,
     training,
   )
 

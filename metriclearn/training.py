@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from metriclearn import checkpoints, models, pairs, parallel, reduce
+from metriclearn import checkpoints, models, pairs, parallel, reduce, summaries
 from metriclearn.checkpoints import (  # re-exported: training.<name> keeps working
   CheckpointError,
   CheckpointWarning,
@@ -646,6 +646,7 @@ def fit(
   eval_every: int = 1000,
   log_path: str | os.PathLike | None = None,
   log_every: int = 10,
+  tensorboard_dir: str | os.PathLike | None = None,
   progress: bool = True,
   prefetch: int = 2,
   resume_step: int | None = None,
@@ -677,6 +678,9 @@ def fit(
       step reuses its buffers); results are logged.
     log_path: a JSON-lines file: one line every ``log_every`` steps, with the mean
       loss and gradient norm over those steps, and one line per evaluation.
+    tensorboard_dir: the same records as TensorBoard scalars, in a new event file
+      there (:class:`metriclearn.summaries.SummaryWriter`; TensorBoard is not needed
+      to write it). A resumed run's file starts at the restored step.
     progress: show a tqdm progress bar with the loss of the last log.
     prefetch: device batches kept ready (>= 1).
     resume_step: resume from this checkpoint instead of the latest (the later ones
@@ -722,6 +726,9 @@ def fit(
   if log_path is not None:
     _cut_log(log_path, start)
   log = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
+  board = None
+  if tensorboard_dir is not None:
+    board = summaries.SummaryWriter(tensorboard_dir, start_step=start or None)
   bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
   pending, window = [], []  # device metrics since the last sync; host since the log
 
@@ -729,6 +736,8 @@ def fit(
     if log is not None:
       log.write(json.dumps(record) + "\n")
       log.flush()
+    if board is not None:
+      board.scalars(record["step"], {k: v for k, v in record.items() if k != "step"})
 
   def sync(done: int) -> None:
     """Brings the pending metrics to the host and stops at the first bad step."""
@@ -796,6 +805,8 @@ def fit(
     bar.close()
     if log is not None:
       log.close()
+    if board is not None:
+      board.close()
     if manager is not None:
       manager.wait_until_finished()
       manager.close()

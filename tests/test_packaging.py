@@ -97,3 +97,33 @@ def test_no_module_imports_a_private_module_of_another_package():
           if owner != "metriclearn" and not package.startswith(owner):
             offences.append(f"{path.relative_to(root)} imports {name}")
   assert not offences, offences
+
+
+def test_the_default_install_trains_without_tfds_or_matplotlib():
+  """tensorflow-datasets (and its pyarrow) and matplotlib are extras: a fresh
+  interpreter where importing them fails (sys.modules[name] = None) still loads the
+  pack, and load_tfds names the extra that installs it."""
+  config = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  core = " ".join(config["dependencies"])
+  assert "tensorflow-datasets" not in core and "matplotlib" not in core
+  extras = config["optional-dependencies"]
+  assert any(d.startswith("tensorflow-datasets>=") for d in extras["tfds"])
+  assert any(d.startswith("matplotlib>=") for d in extras["experiments"])
+  code = """
+import sys
+sys.modules["tensorflow_datasets"] = sys.modules["matplotlib"] = None
+from metriclearn import data, training
+ds = data.load("omniglot", "background", image_size=28)
+print(ds.images.shape)
+try:
+  data.load_tfds("mnist", "train", data_dir="/nonexistent")
+except ImportError as e:
+  print("ImportError:", e)
+"""
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+  )
+  lines = out.stdout.splitlines()
+  # 964 background characters x 20 drawings
+  assert lines[0] == "(19280, 28, 28, 1)", out.stdout + out.stderr
+  assert lines[1].startswith("ImportError:") and "metriclearn[tfds]" in lines[1]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import test_summaries
 
 from metriclearn import data, evaluation, models, parallel, training
 from metriclearn.losses import pair, proxy, softmax, triplet
@@ -332,6 +333,7 @@ def test_fit_logs_evaluates_and_checkpoints(tmp_path):
     eval_every=3,
     eval_fn=eval_fn,
     log_path=tmp_path / "log.jsonl",
+    tensorboard_dir=tmp_path / "tb",
     checkpoint_dir=tmp_path / "ckpt",
     save_every=4,
   )
@@ -345,6 +347,13 @@ def test_fit_logs_evaluates_and_checkpoints(tmp_path):
     assert r["grad_norm"] > 0
   evals = [(r["step"], r["eval/score"]) for r in lines if "eval/score" in r]
   assert evals == [(3, 0.3), (6, 0.6)]
+  # The same records as TensorBoard scalars (read by tests/test_summaries.py's decoder).
+  (events,) = (tmp_path / "tb").iterdir()
+  points, _ = test_summaries.scalars(events)
+  assert [s for s, _ in points] == [2, 3, 4, 6, 6]
+  for (step, values), line in zip(points, lines, strict=True):
+    assert line["step"] == step and sorted(values) == sorted(set(line) - {"step"})
+    np.testing.assert_allclose(list(values.values()), [line[k] for k in values], 1e-6)
   manager = training.checkpoint_manager(tmp_path / "ckpt")
   assert sorted(manager.all_steps()) == [4, 6]  # every 4 steps and at the end
   manager.close()

@@ -55,9 +55,22 @@ def _how_to_prepare(name: str, where: Any) -> str:
   )
 
 
+def _import_tfds():
+  """tensorflow_datasets, or an error that says which extra installs it."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(
+      f"reading TFDS datasets needs tensorflow-datasets ({e}): "
+      "pip install 'metriclearn[tfds]'. The bundled Omniglot pack, the original "
+      "MNIST / Omniglot archives and 'digits' do not."
+    ) from e
+  return tfds
+
+
 def _builder(name: str, data_dir: PathLike | None, download: bool):
   """A TFDS builder whose data is prepared in ``data_dir``, or a clear error."""
-  import tensorflow_datasets as tfds
+  tfds = _import_tfds()
 
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
