@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -207,7 +207,7 @@ def largest_parameter(manager, step: int | None) -> float | None:
 def _first_line(error: BaseException) -> str:
   """The innermost cause of an Orbax / TensorStore error, on one line."""
   while error.__cause__ is not None or error.__context__ is not None:
-    error = error.__cause__ or error.__context__
+    error = cast(BaseException, error.__cause__ or error.__context__)  # one is set
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 

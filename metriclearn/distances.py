@@ -61,7 +61,7 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = _EPS) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def _pair(x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _pair(x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, ...]:
   x1 = _checks.as_float(x1, "x1")
   x2 = _checks.as_float(x2, "x2")
   if x1.shape != x2.shape:
@@ -138,7 +138,7 @@ def snr_distance(x1: jax.Array, x2: jax.Array) -> jax.Array:
 # Pairwise (matrix) forms: rows of ``a`` [n, d] against rows of ``b`` [m, d].
 
 
-def _matrices(a: jax.Array, b: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def _matrices(a: jax.Array, b: jax.Array | None) -> tuple[jax.Array, ...]:
   a = _checks.as_float(a, "a")
   _checks.check_rank(a, 2, "a", "[n, d]")
   if b is None:

@@ -238,7 +238,7 @@ def _embeddings(x: Any, name: str) -> jax.Array:
 
 
 def knn(
-  queries: jax.Array,
+  queries: jax.Array | np.ndarray,
   references: jax.Array | None = None,
   *,
   k: int,
@@ -608,6 +608,7 @@ def clustering_metrics(
 
   if distance not in ("euclidean", "cosine"):
     raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}.")
+  x: jax.Array | np.ndarray
   x = _embeddings(embeddings, "embeddings")
   y = _labels(labels, x.shape[0], "labels")
   if distance == "cosine":
@@ -890,7 +891,7 @@ def few_shot_accuracy(
   support: jax.Array,
   support_labels: jax.Array,
   queries: jax.Array,
-  query_labels: jax.Array,
+  query_labels: jax.Array | np.ndarray,
   *,
   method: str = "prototype",
   distance: str = "euclidean",
@@ -927,7 +928,7 @@ def few_shot_accuracy(
 def omniglot_one_shot(
   train_embeddings: jax.Array,
   test_embeddings: jax.Array,
-  answers: jax.Array,
+  answers: jax.Array | np.ndarray,
   *,
   distance: str = "euclidean",
 ) -> dict[str, Any]:

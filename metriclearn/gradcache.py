@@ -150,5 +150,6 @@ def make_gradcache_step(
     new_state = training.apply_gradients(state, grads, batch_stats=batch_stats)
     return new_state, {"loss": mean, "grad_norm": optax.tree.norm(grads)}
 
-  step.axis_name = axis_name  # read by parallel's step wrappers and training.fit
+  # read by parallel's step wrappers and training.fit
+  step.axis_name = axis_name  # type: ignore[attr-defined]  # a function attribute
   return step

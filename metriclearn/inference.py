@@ -41,7 +41,7 @@ import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax
 import flax.linen as nn
@@ -144,7 +144,7 @@ def _check_steps(preprocessing: Any) -> list[dict[str, Any]]:
   steps = []
   for step in preprocessing:
     step = {"op": step} if isinstance(step, str) else dict(step)
-    op = step.get("op")
+    op: Any = step.get("op")  # any JSON value: checked below
     allowed = {"to_float": {"op"}, "cast": {"op", "dtype"}}.get(
       op, {"op", "mean", "std"}
     )
@@ -803,6 +803,7 @@ class Index:
           else "labels: this index's items have no labels."
         )
       if new_ids is not None:
+        assert self._ids is not None  # both have ids, or neither (checked above)
         if self._ids.dtype.kind != new_ids.dtype.kind:
           raise TypeError(
             f"ids must be of the index's kind ({self._ids.dtype}), got {new_ids.dtype}."
@@ -970,7 +971,7 @@ class Index:
         arrays["embeddings"],
         ids=arrays.get("ids"),
         labels=arrays.get("labels"),
-        distance=manifest.get("distance"),
+        distance=cast(str, manifest.get("distance")),  # Index checks it
         query_block=query_block,
         ref_block=ref_block,
       )

@@ -60,7 +60,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -662,7 +662,9 @@ class NNXEncoder(nnx.bridge.ToNNX):
     """Whether it holds variables (else it is only a description)."""
     return any(not k.startswith(("to_nnx__", "_pytree__")) for k in vars(self))
 
-  def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+  def __call__(  # type: ignore[override]  # (x, train) only, not ToNNX's options
+    self, x: jax.Array, train: bool | None = None
+  ) -> jax.Array:
     if not self.initialized:
       raise ValueError(
         f"this NNXEncoder of {type(self.linen_module).__name__} holds no variables; "
@@ -812,7 +814,10 @@ class NNXAdapter:
     if not isinstance(module, nnx.Module):
       raise TypeError(f"expected a flax.nnx.Module, got {type(module).__name__}.")
     self.module = module
-    graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+    graphdef, params, stats, rest = cast(  # flax types split(*filters) as variadic
+      tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State],
+      nnx.split(module, nnx.Param, nnx.BatchStat, ...),
+    )
     self._graphdef, self._rest = graphdef, list(nnx.to_flat_state(rest))
     self._params = list(nnx.to_flat_state(params))
     self._stats = list(nnx.to_flat_state(stats))

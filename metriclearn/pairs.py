@@ -42,7 +42,7 @@ __all__ = [
   "resolve",
 ]
 
-BlockSize = int | tuple[int, int] | None
+BlockSize = tuple[int, int] | None
 
 
 class Relation(NamedTuple):
@@ -200,7 +200,7 @@ def dense(rel: Relation, rows: tuple[Any, int] | None = None) -> Pairs:
   """
   n = rel.anchors.shape[0]
   start, size = (0, n) if rows is None else rows
-  cut = (
+  cut: Callable[[Any], Any] = (
     (lambda x: x)
     if rows is None
     else (
@@ -355,7 +355,7 @@ def batch_form(fn: Callable | None = None, *, executor: bool = False) -> Callabl
   own = list(inspect.signature(fn).parameters.values())[1:]
   names = [name for name, _ in _RELATION[2:]]
   shared = [_parameter(name, keyword, None) for name in names]
-  entries = _RELATION
+  entries: tuple[tuple[str, str], ...] = _RELATION
   if executor:
     shared += [
       _parameter("block_size", keyword, None),
@@ -378,7 +378,7 @@ def batch_form(fn: Callable | None = None, *, executor: bool = False) -> Callabl
     rel = resolve(embeddings, labels, **relation)
     return fn(rel, *args, **kwargs)
 
-  loss.__signature__ = signature
+  loss.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect
   del loss.__wrapped__  # the signature above is the public one
   if fn.__doc__:
     loss.__doc__ = fn.__doc__.replace("{relation}", _doc_lines(entries))

@@ -174,9 +174,10 @@ def jit_step(step: Callable, mesh: Mesh, *, donate: bool = False) -> Callable:
   """``step`` (built without an ``axis_name``: global-batch semantics) under
   ``jax.jit`` on ``mesh``: the state replicated, the batch sharded along the mesh's
   first axis, the metrics replicated."""
-  if getattr(step, "axis_name", None) is not None:
+  axis_name = getattr(step, "axis_name", None)
+  if axis_name is not None:
     raise ValueError(
-      f"this step was built with axis_name={step.axis_name!r} (per-device semantics): "
+      f"this step was built with axis_name={axis_name!r} (per-device semantics): "
       "run it with shard_map_step or pmap_step, or build it without an axis_name."
     )
   replicated = NamedSharding(mesh, P())

@@ -230,14 +230,16 @@ def create_train_state(
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # a typed key (jax.random.key):
     rng = jax.random.key_data(rng)  # keep its raw bits, which checkpoints can hold
   init_rng, rng = jax.random.split(rng)
-  model = models.as_linen(model)  # an NNX module through the Linen convention
+  linen = models.as_linen(model)  # an NNX module through the Linen convention
+  init: Callable[..., Any]
   try:
-    hash(model)
-    init = functools.partial(_init_variables, model=model)  # compiled once per model
+    hash(linen)
+    init = functools.partial(_init_variables, model=linen)  # compiled once per model
   except TypeError:  # e.g. a module with a list attribute: compile for this call
-    init = jax.jit(functools.partial(_init_variables.__wrapped__, model=model))
-  if isinstance(model, models.NNXAdapter):  # made with its variables: copy, no jit
-    init = model.init
+    raw = _init_variables.__wrapped__  # type: ignore[attr-defined]  # set by jax.jit
+    init = jax.jit(functools.partial(raw, model=linen))
+  if isinstance(linen, models.NNXAdapter):  # made with its variables: copy, no jit
+    init = linen.init
   variables = init(init_rng, example_input)
   params = variables["params"]
   loss_params = {
@@ -246,7 +248,7 @@ def create_train_state(
   }
   memory = None
   if memory_size is not None:
-    dim = jax.eval_shape(lambda: model.apply(variables, example_input)).shape[-1]
+    dim = jax.eval_shape(lambda: linen.apply(variables, example_input)).shape[-1]
     memory = Memory.create(memory_size, dim)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -495,7 +497,8 @@ def make_train_step(
       )
     return new_state, metrics
 
-  step.axis_name = axis_name  # read by pmap_step, shard_map_step and fit
+  # read by pmap_step, shard_map_step and fit
+  step.axis_name = axis_name  # type: ignore[attr-defined]  # a function attribute
   return step
 
 
@@ -521,12 +524,12 @@ def make_eval_step(
 ) -> Callable[[TrainState, jax.Array], jax.Array]:
   """A jitted ``eval_step(state, x) -> [n, d]`` embeddings in evaluation mode (an NNX
   module in ``eval()`` mode)."""
-  model = models.as_linen(model)
+  linen = models.as_linen(model)
 
   @jax.jit
   def eval_step(state: TrainState, x: jax.Array) -> jax.Array:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return model.apply(variables, x, train=False)
+    return linen.apply(variables, x, train=False)
 
   return eval_step
 
@@ -588,7 +591,7 @@ def _placement(step: Callable, state: TrainState, mode: str | None):
     )
   copy = jax.tree.map(np.array, state)  # the caller's state stays valid (donation)
   if mode is None:
-    run = jax.jit(step, donate_argnums=0)
+    run: Callable[..., Any] = jax.jit(step, donate_argnums=0)
     return run, jax.device_put, (lambda s: s), jax.device_put(copy)
   if mode == "pmap":
     run = parallel.pmap_step(step, donate=True)
@@ -730,6 +733,7 @@ def fit(
   if tensorboard_dir is not None:
     board = summaries.SummaryWriter(tensorboard_dir, start_step=start or None)
   bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
+  pending: list[Any]
   pending, window = [], []  # device metrics since the last sync; host since the log
 
   def write(record):
@@ -776,6 +780,7 @@ def fit(
         saves = manager is not None and (done % save_every == 0 or done == num_steps)
         evals = eval_fn is not None and (done % eval_every == 0 or done == num_steps)
         if stop:
+          assert manager is not None  # the SIGTERM handler needs a manager
           sync(done)
           if checkpoints.latest_step(manager) != done:
             save_checkpoint(manager, host(device_state), force=True)
@@ -792,6 +797,7 @@ def fit(
         if saves:
           save_checkpoint(manager, host(device_state), force=True)
         if evals:
+          assert eval_fn is not None  # evals needs it
           results = eval_fn(host(device_state), done) or {}
           results = {k: float(v) for k, v in results.items()}
           if results:

@@ -53,3 +53,12 @@ def test_readme_python_examples_run_as_written():
   assert blocks, "the README has no python example"
   for block in blocks:
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_mypy_finds_no_type_errors_in_the_package():
+  exe = shutil.which("mypy", path=str(pathlib.Path(sys.executable).parent))
+  # mypy is in the test extra: the package ships py.typed, so its hints must check
+  assert exe, "mypy is not installed: pip install -e '.[test]'"
+  # the files and options are pyproject.toml's [tool.mypy]
+  out = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stdout + out.stderr

@@ -455,6 +455,7 @@ def _read_idx(file: pathlib.Path, magic: int) -> np.ndarray:
   except (OSError, EOFError, zlib.error) as e:
     raise ValueError(f"{file} is not a readable (gzip) idx file: {e}") from e
   ndim = magic & 0xFF
+  header: np.ndarray | list[int]
   header = np.frombuffer(raw[: 4 + 4 * ndim], ">i4") if len(raw) >= 4 else []
   shape = tuple(int(s) for s in header[1:])
   if len(header) != 1 + ndim or header[0] != magic:

@@ -64,7 +64,7 @@ def _restore(out: jax.Array, dtype: jnp.dtype) -> jax.Array:
   return out.astype(dtype)
 
 
-def _interval(value: float | tuple[float, float], name: str) -> tuple[float, float]:
+def _interval(value: float | tuple[float, ...], name: str) -> tuple[float, float]:
   low, high = (-value, value) if isinstance(value, int | float) else value
   if low > high:
     raise ValueError(f"{name} must be a magnitude >= 0 or (low, high), got {value}.")

@@ -161,7 +161,7 @@ def save_cached(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
+      np.savez(f, **arrays)  # type: ignore[arg-type]  # mypy matches ** to allow_pickle
     os.replace(tmp, path)
   except OSError as e:
     with contextlib.suppress(OSError):

@@ -148,6 +148,7 @@ def load_omniglot_pack(
   """
   stem = _split(split)
   _check_image_size(image_size, f"Omniglot {split!r}", f"images_{stem}.zip")
+  rows: slice | np.ndarray
   if stem in _FULL:
     base, rows = stem, slice(None)
   else:  # small1 / small2: rows of background, stored as indices

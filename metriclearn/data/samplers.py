@@ -264,7 +264,9 @@ def hierarchical_batches(
   k = _check_size(samples_per_class, "samples_per_class")
   classes = _Classes(dataset)
   group_of_class = classes.groups(dataset, "hierarchical_batches")
-  if np.any(np.repeat(group_of_class, classes.count) != dataset.groups[classes.rows]):
+  groups = dataset.groups
+  assert groups is not None  # classes.groups raised otherwise
+  if np.any(np.repeat(group_of_class, classes.count) != groups[classes.rows]):
     raise ValueError(
       f"groups must be the same for every row of a class; {dataset.name!r} has a "
       "class in two groups."
@@ -286,7 +288,7 @@ def hierarchical_batches(
         for e in rng.choice(eligible.size, g, replace=False)
       ]
       rows = np.concatenate([classes.draw_k(rng, c, k) for c in np.concatenate(chosen)])
-      yield {**_rows_batch(dataset, rows), "group": dataset.groups[rows]}
+      yield {**_rows_batch(dataset, rows), "group": groups[rows]}
 
   return batches()
 

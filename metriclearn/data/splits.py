@@ -26,7 +26,7 @@ __all__ = [
 
 def class_disjoint_indices(
   labels: np.ndarray,
-  fractions: Sequence[float],
+  fractions: Sequence[float] | np.ndarray,
   *,
   seed: int,
   groups: np.ndarray | None = None,

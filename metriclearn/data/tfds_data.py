@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def load_tfds(
   images, labels, groups = [], [], []
   for i in range(len(source)):
     example = source[i]
-    missing = {image_key, label_key, group_key} - {None, *example}
+    missing = cast(set[str], {image_key, label_key, group_key} - {None, *example})
     if missing:
       raise ValueError(
         f"TFDS dataset {name!r} has no feature {sorted(missing)}; its features are "

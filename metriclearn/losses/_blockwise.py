@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -277,7 +277,7 @@ def _block(cfg: _Config, anc: _Anchors, sh: _Shard, i0, j0, params, consts, prev
   if extra is not None:
     valid &= extra
   return Block(
-    s=None,
+    s=cast(jax.Array, None),  # unset: the callers _replace it
     positive=pos & valid,
     negative=neg & valid,
     params=params,
@@ -467,6 +467,7 @@ def _forward(cfg: _Config, a, c, params, a_aux, c_aux, ctx):
     size = jax.lax.axis_size(cfg.axis_name)
     me = jax.lax.axis_index(cfg.axis_name).astype(index_dtype())
   consts = ctx["consts"]
+  stats: list[Any]
   stats, extras = [], []
   for ps in cfg.passes:
     prev = tuple(s for per_pass in stats for s in per_pass)

@@ -78,6 +78,7 @@ def setup(
     raise ValueError(f"{name} must hold at least one proxy, got {proxies.shape}.")
   embeddings, proxies = _checks.common_float(embeddings, proxies)
   c_local = proxies.shape[0]
+  offset: int | jax.Array
   if proxy_axis_name is None:
     num_classes, offset = c_local, 0
   else:

@@ -74,7 +74,7 @@ def contrastive_from_distance(
   return jnp.where(similar, pos, neg)
 
 
-def _one_pair(x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _one_pair(x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, ...]:
   x1 = _checks.as_float(x1, "x1")
   x2 = _checks.as_float(x2, "x2")
   if x1.shape != x2.shape:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,9 @@ def _normalized(rel: pairs.Relation) -> pairs.Relation:
   )
 
 
-def _two_sided(rel, pos, neg, average: str) -> jax.Array:
+def _two_sided(
+  rel, pos: tuple[jax.Array, jax.Array], neg: tuple[jax.Array, jax.Array], average: str
+) -> jax.Array:
   """``average_terms`` of the positive and of the negative ``(total, count)``."""
   return _engine.average_terms(*pos, average, rel.axis_name) + _engine.average_terms(
     *neg, average, rel.axis_name
@@ -490,6 +492,7 @@ def _class_sums(rel: pairs.Relation, labels: jax.Array) -> tuple[jax.Array, jax.
       -1, bc, candidates.shape[1]
     ),
   )
+  zeros: tuple[jax.Array, ...]
   zeros = (jnp.zeros((labels.shape[0],) + candidates.shape[1:], candidates.dtype),)
   zeros += (jnp.zeros(labels.shape, candidates.dtype),)
   return jax.lax.scan(add, zeros, chunks)[0]
@@ -583,7 +586,7 @@ def centroid_triplet_loss(
   own = (rel.labels >= 0).astype(a_count.dtype) if rel.self_pairs else 0.0
   others = a_count - own  # the anchor leaves its own centroid
   has_positive = others > 0
-  mine = rel.anchors * own[:, None] if rel.self_pairs else 0.0
+  mine = rel.anchors * cast(jax.Array, own)[:, None] if rel.self_pairs else 0.0
   c_pos = (a_sum - mine) / jnp.maximum(others, 1.0)[:, None]
   d_ap = jnp.where(has_positive, _rowwise(dist_fn, rel.anchors, c_pos), 0.0)
   centroids = c_sum / jnp.maximum(c_count, 1.0)[:, None]
@@ -812,7 +815,7 @@ def dynamic_soft_margin_loss(
   if normalize:
     rel = _normalized(rel)
   dist_fn = distances.get_pairwise_distance(distance)
-  min_val, width = _consts(rel, min_val, 2.0 * abs(min_val) / bins)
+  m0, width = _consts(rel, min_val, 2.0 * abs(min_val) / bins)
 
   def update(counts):  # the running histogram with this batch's
     batch = _sum_over_batch(counts, rel.axis_name)
@@ -829,7 +832,7 @@ def dynamic_soft_margin_loss(
         "max_positives: give max_positives for block_size / ring."
       )
     counts, count, weighted = _dsm_every_triplet(
-      pairs.dense(rel), dist_fn, min_val, width, bins
+      pairs.dense(rel), dist_fn, m0, width, bins
     )
     new, cdf = update(counts)
     return jnp.sum(weighted(cdf), axis=(1, 2)), count, new
@@ -837,14 +840,14 @@ def dynamic_soft_margin_loss(
   def bounded():
     last = Pass(functools.partial(_dsm_histogram_terms, bins=bins), ("sum",))
     valid, n_pos, n_neg, _, d_ap, (counts,) = _slots.by_slots(
-      rel, k, dist_fn, last, (min_val, width)
+      rel, k, dist_fn, last, (m0, width)
     )
     new, cdf = update(counts)
     ((total,),) = _engine.pair_statistics(
       rel,
       (Pass(_dsm_loss_terms, ("sum",)),),
       dist_fn,
-      consts=(min_val, width, cdf),
+      consts=(m0, width, cdf),
       anchor_aux=(d_ap, valid.astype(d_ap.dtype)),
     )
     return total, jnp.sum(valid, axis=1).astype(n_neg.dtype) * n_neg, new, n_pos > k

@@ -209,8 +209,8 @@ def _ms_terms(mining: bool):
 def multi_similarity_loss(
   rel: pairs.Relation,
   *,
-  alpha: float = 2.0,
-  beta: float = 50.0,
+  alpha: float | jax.Array = 2.0,
+  beta: float | jax.Array = 50.0,
   base: float = 0.5,
   similarity: str | distances.DistanceFn = "cosine",
   mining_epsilon: float | None = None,
@@ -263,7 +263,7 @@ def multi_similarity_loss(
   if mining:
     _checks.check_non_negative(mining_epsilon, "mining_epsilon")
   consts = _consts(rel, alpha, beta, base, mining_epsilon if mining else 0.0)
-  passes = (Pass(_ms_terms(mining), ("lse", "lse", "sum", "sum")),)
+  passes: tuple[Pass, ...] = (Pass(_ms_terms(mining), ("lse", "lse", "sum", "sum")),)
   if mining:
     passes = (Pass(_ms_thresholds, ("min", "max")),) + passes
   *thresholds, (lse_p, lse_n, n_pos, n_neg) = _engine.pair_statistics(
@@ -394,7 +394,7 @@ def _song_terms(b: Block):
 def lifted_structure_loss(
   rel: pairs.Relation,
   *,
-  margin: float = 1.0,
+  margin: float | jax.Array = 1.0,
   form: Literal["generalized", "song2016"] = "generalized",
   distance: str | distances.DistanceFn = "euclidean",
 ) -> jax.Array:

@@ -363,8 +363,8 @@ def pnp_loss(
   *,
   variant: Literal["O", "Ds", "Dq", "Iu", "Ib"] = "Dq",
   temperature: float = 0.01,
-  alpha: float = 1.0,
-  b: float = 2.0,
+  alpha: float | jax.Array = 1.0,
+  b: float | jax.Array = 2.0,
   similarity: str | distances.DistanceFn = "cosine",
   max_positives: int | None = None,
 ) -> jax.Array:

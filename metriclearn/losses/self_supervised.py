@@ -290,6 +290,7 @@ def barlow_twins_loss(
     x = _centred(z, valid, count, axis_name)
     var = psum(jnp.sum(x**2, axis=0), axis_name) / denominator
     standardised.append(x / jnp.sqrt(_variance(count, var, eps)))
-  c = _gram(*standardised, axis_name) / jnp.maximum(count, 1)
+  s1, s2 = standardised
+  c = _gram(s1, s2, axis_name) / jnp.maximum(count, 1)
   loss = jnp.sum((1 - jnp.diagonal(c)) ** 2) + lam * _off_diagonal_squares(c)
   return _enough_rows(count, loss)

@@ -833,5 +833,7 @@ def multi_supcon_loss(
   return _multi_supcon(embeddings, labels, **kwargs)
 
 
-multi_supcon_loss.__signature__ = inspect.signature(_multi_supcon)
+multi_supcon_loss.__signature__ = (  # type: ignore[attr-defined]  # read by inspect
+  inspect.signature(_multi_supcon)
+)
 multi_supcon_loss.__doc__, _multi_supcon.__doc__ = _multi_supcon.__doc__, None

@@ -431,7 +431,7 @@ def batch_hard_triplet_loss(
   """
   margin = resolve_margin(margin, soft)
   dist_fn = distances.distance_fn(distance, squared)
-  passes = (Pass(_hardest_terms, ("max", "min")),)
+  passes: tuple[Pass, ...] = (Pass(_hardest_terms, ("max", "min")),)
   if swap:
     passes += (Pass(_hardest_positive_index, ("smallest",), slots=1),)
   (hardest_pos, hardest_neg), *index = _engine.pair_statistics(rel, passes, dist_fn)
