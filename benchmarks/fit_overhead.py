@@ -124,7 +124,7 @@ def main(argv=None) -> int:
       [
         "# fit against a bare jitted loop",
         "",
-        f"Command: `{command}` (from the repository root).",
+        f"Command: `{command}` (run in {os.path.basename(os.getcwd())}/).",
         "",
         *lines,
         "",

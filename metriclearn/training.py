@@ -659,9 +659,10 @@ def fit(
 
   The loop never waits on the host between its sync points: a background thread
   draws the next ``prefetch`` batches and puts them on the devices while a step runs,
-  and the metrics stay on the device until the next log, checkpoint or evaluation
-  (then the steps since the last one are checked: a NaN stops the run, naming the
-  first bad step, before anything after it is saved).
+  and the metrics stay on the device until the next log (copied while the step after
+  it runs, then read), checkpoint or evaluation (read at once); the steps since the
+  last sync are checked then: a NaN stops the run, naming the first bad step, before
+  anything after it is saved.
 
   Args:
     step: from ``make_train_step`` (with an ``axis_name`` for 'pmap' / 'shard_map').
@@ -733,8 +734,10 @@ def fit(
   if tensorboard_dir is not None:
     board = summaries.SummaryWriter(tensorboard_dir, start_step=start or None)
   bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="train")
-  pending: list[Any]
-  pending, window = [], []  # device metrics since the last sync; host since the log
+  pending: list[Any] = []  # device metrics of the steps after `synced`
+  window: list[dict[str, float]] = []  # host metrics since the last log line
+  synced = start
+  deferred = None  # a log step, read once the step after it is queued
 
   def write(record):
     if log is not None:
@@ -743,23 +746,32 @@ def fit(
     if board is not None:
       board.scalars(record["step"], {k: v for k, v in record.items() if k != "step"})
 
-  def sync(done: int) -> None:
-    """Brings the pending metrics to the host and stops at the first bad step."""
-    first = done - len(pending) + 1
-    for k, metrics in enumerate(jax.device_get(pending)):
+  def sync(upto: int) -> None:
+    """Brings the metrics of the steps up to ``upto`` to the host and stops at the
+    first bad one."""
+    nonlocal synced
+    count = upto - synced
+    for k, metrics in enumerate(jax.device_get(pending[:count])):
       metrics = {key: float(np.ravel(v)[0]) for key, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):
         last = checkpoints.latest_step(manager) if manager else None
         where = manager.directory if manager else None
         raise NonFiniteLossError(
-          first + k,
+          synced + 1 + k,
           metrics,
           last,
           directory=where,
           largest=checkpoints.largest_parameter(manager, last),
         )
       window.append(metrics)
-    pending.clear()
+    del pending[:count]
+    synced = upto
+
+  def log_line(step: int) -> None:
+    mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+    write({"step": step, **mean})
+    bar.set_postfix(loss=f"{mean['loss']:.4f}")
+    window.clear()
 
   stop = []  # a SIGTERM arrived
   previous = None
@@ -776,6 +788,10 @@ def fit(
         device_state, metrics = run(device_state, next(device_batches))
         pending.append(metrics)
         bar.update(1)
+        if deferred is not None:  # step `done` is queued: the device stays busy
+          sync(deferred)
+          log_line(deferred)
+          deferred = None
         logs = done % log_every == 0 or done == num_steps
         saves = manager is not None and (done % save_every == 0 or done == num_steps)
         evals = eval_fn is not None and (done % eval_every == 0 or done == num_steps)
@@ -788,12 +804,14 @@ def fit(
           raise Preempted(done, str(manager.directory))
         if not (logs or saves or evals):
           continue
+        if not (saves or evals or done == num_steps):  # a log: start the copies,
+          for m in pending:  # read them after the next step is dispatched
+            jax.tree.map(lambda a: a.copy_to_host_async(), m)
+          deferred = done
+          continue
         sync(done)
         if logs:
-          mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-          write({"step": done, **mean})
-          bar.set_postfix(loss=f"{mean['loss']:.4f}")
-          window = []
+          log_line(done)
         if saves:
           save_checkpoint(manager, host(device_state), force=True)
         if evals:

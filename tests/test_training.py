@@ -377,6 +377,33 @@ def test_fit_logs_evaluates_and_checkpoints(tmp_path):
   ]
 
 
+def test_a_log_read_one_step_late_still_names_the_first_bad_step(tmp_path):
+  # No checkpoints: the log at step 6 is read while step 7 runs (the copy started at
+  # step 6); the NaN of step 5 stops the run there and the line of step 6 is not
+  # written (step 3's is).
+  good = batches_of(2)
+
+  def batches(s):
+    batch = good(s)
+    if s == 4:
+      batch["image"] = np.full_like(batch["image"], np.nan)
+    return batch
+
+  state = new_state(good(0), tx=ADAM)
+  with pytest.raises(training.NonFiniteLossError) as error:
+    training.fit(
+      NTXENT_STEP,
+      state,
+      batches,
+      num_steps=10,
+      log_every=3,
+      log_path=tmp_path / "log.jsonl",
+      progress=False,
+    )
+  assert error.value.step == 5
+  assert [r["step"] for r in read_log(tmp_path / "log.jsonl")] == [3]
+
+
 def test_fit_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path):
   good = batches_of(2)
 
