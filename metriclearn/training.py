@@ -49,6 +49,7 @@ from metriclearn.checkpoints import (  # re-exported: training.<name> keeps work
   restore_checkpoint,
   save_checkpoint,
 )
+from metriclearn.parallel import Prefetcher
 
 __all__ = [
   "INPUT_KEYS",
@@ -708,8 +709,6 @@ def fit(
     Preempted: SIGTERM; the checkpoint of the step reached is saved.
   """
   from tqdm import tqdm
-
-  from metriclearn.data.prefetch import Prefetcher
 
   run, place, host, device_state = _placement(step, state, parallel)
   manager = None

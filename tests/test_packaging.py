@@ -127,3 +127,20 @@ except ImportError as e:
   # 964 background characters x 20 drawings
   assert lines[0] == "(19280, 28, 28, 1)", out.stdout + out.stderr
   assert lines[1].startswith("ImportError:") and "metriclearn[tfds]" in lines[1]
+
+
+def test_training_imports_neither_data_nor_a_private_loss_module():
+  """Device placement (meshes, sharded batches, prefetch) lives in metriclearn.parallel;
+  training.py stands on it, not on metriclearn.data or losses' private modules."""
+  import ast
+
+  tree = ast.parse((ROOT / "metriclearn/training.py").read_text())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+  assert "metriclearn.parallel.Prefetcher" in names  # the check sees imports
+  bad = [n for n in names if n.startswith(("metriclearn.data", "metriclearn.losses._"))]
+  assert not bad, bad
