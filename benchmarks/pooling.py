@@ -12,6 +12,7 @@ median round), so the ratio is measured on the same machine state.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -89,7 +90,9 @@ def main(argv=None) -> int:
   if args.write:
     with open(args.write, "w") as f:
       f.write("# Conv-4's max pool: reduce_window against reshape-and-max\n\n")
-      f.write(f"Command: `python benchmarks/pooling.py --write {args.write}`\n\n")
+      command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+      where = os.path.basename(os.getcwd())
+      f.write(f"Command: `{command}` (run in {where}/)\n\n")
       f.write("```\n" + "\n".join(lines) + "\n```\n")
   return 0
 
