@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metriclearn import models, reduce, training
+from metriclearn import models, training
 
 __all__ = ["make_gradcache_step"]
 
@@ -125,11 +125,9 @@ def make_gradcache_step(
           f"the loss must give one value per example, shape ({n},); got "
           f"{tuple(values.shape)} (pass an unreduced loss)."
         )
-      num, den, mean = reduce.global_mean(
-        values, labels >= 0, axis_name=axis_name, nonzero=reduction == "nonzero"
+      return training.loss_share(
+        values, labels >= 0, reduction=reduction, axis_name=axis_name
       )
-      devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-      return devices * num / den, mean
 
     grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
     (_, mean), (emb_grad, loss_params_grad) = grad_fn(emb, state.loss_params)

@@ -65,6 +65,7 @@ __all__ = [
   "Regularizer",
   "TrainState",
   "apply_gradients",
+  "loss_share",
   "checkpoint_manager",
   "create_train_state",
   "embed",
@@ -301,6 +302,23 @@ def _reduce(values, valid, reduction, axis_name):
   return num, den, mean
 
 
+def loss_share(
+  values: jax.Array,
+  valid: jax.Array,
+  *,
+  reduction: str = "mean",
+  axis_name: str | None = None,
+  whole: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+  """(this device's share of the global loss, the global loss) for per-example
+  ``values``: the share is ``devices * num / den``, so that the ``pmean`` of the
+  gradients is the gradient of the global loss; a ``whole`` loss (one that every
+  device computes in full) is its own share."""
+  num, den, mean = _reduce(values, valid, "total" if whole else reduction, axis_name)
+  devices = 1 if whole or axis_name is None else jax.lax.axis_size(axis_name)
+  return devices * num / den, mean
+
+
 def make_train_step(
   model: nn.Module | nnx.Module,
   loss: Callable[..., jax.Array],
@@ -440,7 +458,6 @@ def make_train_step(
       raise ValueError(f"a cross-batch memory needs kind='batch', got {kind!r}.")
     inputs, targets = _batch_inputs(batch, kind)
     n = inputs[0].shape[0]
-    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -467,13 +484,11 @@ def make_train_step(
           f"a {kind!r} loss must give one value per example, shape ({n},); got "
           f"{tuple(values.shape)} (pass an unreduced loss)."
         )
-      num, den, mean = _reduce(
-        values, valid, "total" if whole else reduction, axis_name
+      # A 'total' loss is already the whole loss on every device (the gathers carry
+      # the gradients).
+      share, mean = loss_share(
+        values, valid, reduction=reduction, axis_name=axis_name, whole=whole
       )
-      # Each device's share of the global mean, times the device count so that the
-      # pmean of the gradients is the gradient of the global mean. A 'total' loss is
-      # already the whole loss on every device (the gathers carry the gradients).
-      share = num / den if whole else devices * num / den
       penalty = jnp.zeros((), share.dtype)
       for r in regularizers:
         if r.on != "embeddings":
