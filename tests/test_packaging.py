@@ -1,5 +1,6 @@
 """What the published package promises: light imports, __all__, the files it ships."""
 
+import ast
 import importlib
 import pathlib
 import pkgutil
@@ -19,6 +20,17 @@ PUBLIC = ["metriclearn"] + sorted(
   for m in pkgutil.walk_packages(metriclearn.__path__, "metriclearn.")
   if not any(part.startswith("_") for part in m.name.split("."))
 )
+
+
+def imported_names(path: pathlib.Path) -> set[str]:
+  """Every module a file imports, and ``module.name`` for each ``from`` import."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    elif isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+  return names
 
 
 def test_the_loss_modules_load_none_of_the_heavy_dependencies():
@@ -71,31 +83,21 @@ def test_the_wheel_declares_its_licences_type_marker_and_the_pack():
 def test_no_module_imports_a_private_module_of_another_package():
   """``metriclearn.<pkg>._<name>`` is imported only from inside ``<pkg>``; the
   package root's own private helpers (``_checks``, ``_files``) serve everyone."""
-  import ast
-  import pathlib
-
   root = pathlib.Path(metriclearn.__file__).parent
   offences = []
   for path in root.rglob("*.py"):
     package = ".".join(("metriclearn", *path.relative_to(root).parent.parts))
-    for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, ast.ImportFrom) and node.module:
-        names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-      elif isinstance(node, ast.Import):
-        names = [a.name for a in node.names]
-      else:
-        continue
-      for name in names:
-        parts = name.split(".")
-        for i, part in enumerate(parts[1:], start=1):
-          if not part.startswith("_") or part.startswith("__"):
-            continue
-          owner = parts[:i]  # the package holding the private name or module
-          while owner and not root.joinpath(*owner[1:]).is_dir():
-            owner = owner[:-1]  # a module: its package
-          owner = ".".join(owner)
-          if owner != "metriclearn" and not package.startswith(owner):
-            offences.append(f"{path.relative_to(root)} imports {name}")
+    for name in sorted(imported_names(path)):
+      parts = name.split(".")
+      for i, part in enumerate(parts[1:], start=1):
+        if not part.startswith("_") or part.startswith("__"):
+          continue
+        owner = parts[:i]  # the package holding the private name or module
+        while owner and not root.joinpath(*owner[1:]).is_dir():
+          owner = owner[:-1]  # a module: its package
+        owner = ".".join(owner)
+        if owner != "metriclearn" and not package.startswith(owner):
+          offences.append(f"{path.relative_to(root)} imports {name}")
   assert not offences, offences
 
 
@@ -132,15 +134,7 @@ except ImportError as e:
 def test_training_imports_neither_data_nor_a_private_loss_module():
   """Device placement (meshes, sharded batches, prefetch) lives in metriclearn.parallel;
   training.py stands on it, not on metriclearn.data or losses' private modules."""
-  import ast
-
-  tree = ast.parse((ROOT / "metriclearn/training.py").read_text())
-  names = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      names |= {a.name for a in node.names}
-    elif isinstance(node, ast.ImportFrom) and node.module:
-      names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+  names = imported_names(ROOT / "metriclearn/training.py")
   assert "metriclearn.parallel.Prefetcher" in names  # the check sees imports
   bad = [n for n in names if n.startswith(("metriclearn.data", "metriclearn.losses._"))]
   assert not bad, bad
