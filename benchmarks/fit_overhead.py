@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from machine import machine  # benchmarks/machine.py (scripts run from benchmarks/)
+from machine import command, machine  # benchmarks/machine.py (run from benchmarks/)
 
 from metriclearn import data, losses, models, training
 
@@ -119,12 +119,11 @@ def main(argv=None) -> int:
     print(f"ratio {r['ratio']:.3f}", flush=True)
     lines += [f"- {line}", f"  `ratio {r['ratio']:.3f}`"]
   if args.write:
-    command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     text = "\n".join(
       [
         "# fit against a bare jitted loop",
         "",
-        f"Command: `{command}` (run in {os.path.basename(os.getcwd())}/).",
+        f"Command: {command()}.",
         "",
         *lines,
         "",

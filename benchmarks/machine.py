@@ -1,9 +1,11 @@
-"""The machine line every benchmark prints: CPU, cores, Python, JAX, backend, load."""
+"""The machine line every benchmark prints (CPU, cores, Python, JAX, backend, load) and
+the command line its results file names."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 
 
 def cpu_name() -> str:
@@ -25,3 +27,9 @@ def machine() -> str:
     f"{jax.__version__}, {jax.default_backend()} backend ({jax.devices()[0]}); "
     f"load average {load}"
   )
+
+
+def command() -> str:
+  """This run's command as typed, and the folder it ran in: for a results file."""
+  typed = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+  return f"`{typed}` (run in {os.path.basename(os.getcwd())}/)"

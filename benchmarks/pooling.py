@@ -12,7 +12,6 @@ median round), so the ratio is measured on the same machine state.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from machine import machine  # benchmarks/machine.py (scripts run from benchmarks/)
+from machine import command, machine  # benchmarks/machine.py (run from benchmarks/)
 
 from metriclearn import losses, models
 
@@ -90,9 +89,7 @@ def main(argv=None) -> int:
   if args.write:
     with open(args.write, "w") as f:
       f.write("# Conv-4's max pool: reduce_window against reshape-and-max\n\n")
-      command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-      where = os.path.basename(os.getcwd())
-      f.write(f"Command: `{command}` (run in {where}/)\n\n")
+      f.write(f"Command: {command()}\n\n")
       f.write("```\n" + "\n".join(lines) + "\n```\n")
   return 0
 
