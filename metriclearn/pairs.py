@@ -35,6 +35,8 @@ __all__ = [
   "RELATION_ARGS",
   "Pairs",
   "Relation",
+  "auto_block_size",
+  "auto_slot_block_size",
   "batch_form",
   "checked",
   "dense",
@@ -65,6 +67,7 @@ class Relation(NamedTuple):
   axis_name: str | None
   block_size: BlockSize = None  # None: dense; else (block_a, block_c)
   ring: bool = False
+  auto: bool = False  # block_size chosen by block_size="auto"
 
 
 class Pairs(NamedTuple):
@@ -91,17 +94,73 @@ def _inert(x: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.where(masks.valid_rows(labels)[:, None], x, jnp.zeros((), x.dtype))
 
 
-def _block_size(block_size: Any) -> BlockSize:
+# block_size="auto": the thresholds, from benchmarks/results.md (CPU, 2 cores) and
+# benchmarks/accelerator.md (H100).
+AUTO_DENSE_PAIRS_CPU = 2048 * 2048  # CPU: dense up to n x M = 2048^2 pairs
+AUTO_BLOCK_CPU = 512
+AUTO_MEMORY_SHARE = 0.25  # accelerators: dense while 8 [n, M] arrays fit 1/4 of memory
+AUTO_BLOCK_ACCELERATOR = 4096
+
+
+def auto_block_size(
+  n: int,
+  m: int,
+  itemsize: int = 4,
+  backend: str | None = None,
+  memory_bytes: float | None = None,
+) -> BlockSize:
+  """What ``block_size="auto"`` picks for n anchors against M candidates of
+  ``itemsize`` bytes: None (dense) or a block size. ``backend`` defaults to JAX's,
+  ``memory_bytes`` to the first device's ``bytes_limit`` (16 GiB if unknown).
+
+  * CPU: dense up to ``n * M = 2048^2`` pairs, then blocks of 512. On the 2-core CPU
+    of ``benchmarks/results.md`` dense was faster at n = 1024 for most losses and
+    blockwise faster for every loss from n = 4096 (0.36-0.69 of the dense time), with
+    memory n x 512 instead of n x n.
+  * GPU / TPU: dense while eight [n, M] arrays (the matrices of the forward and the
+    backward pass, with room) fit a quarter of the device's memory, then blocks of
+    4096. On an H100 (``benchmarks/accelerator.md``) blockwise with 512 blocks was 4-5x
+    slower than dense wherever dense fitted; 4096 blocks are larger to keep the device
+    busy (not measured).
+
+  >>> auto_block_size(1024, 1024, backend="cpu")  # None: dense
+  >>> auto_block_size(4096, 4096, backend="cpu")
+  (512, 512)
+  """
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return None if n * m <= AUTO_DENSE_PAIRS_CPU else (AUTO_BLOCK_CPU, AUTO_BLOCK_CPU)
+  if memory_bytes is None:
+    stats = jax.local_devices(backend=backend)[0].memory_stats() or {}
+    memory_bytes = stats.get("bytes_limit", 16 * 2**30)
+  if 8 * n * m * itemsize <= AUTO_MEMORY_SHARE * memory_bytes:
+    return None
+  return AUTO_BLOCK_ACCELERATOR, AUTO_BLOCK_ACCELERATOR
+
+
+def auto_slot_block_size(m: int, backend: str | None = None) -> tuple[int, int]:
+  """The blocks ``block_size="auto"`` gives a slot pass (``max_positives=k``: terms of
+  [block_a, k, block_c]) once it is blockwise: rows of anchors against many candidates,
+  (128, min(M, 4096)) on the CPU, where semi-hard at n = 4096 took 0.73x and batch-all
+  0.89x the time of (512, 512) blocks (``benchmarks/slot_blocks.md``); (512,
+  min(M, 4096)) on an accelerator (not measured)."""
+  rows = 128 if (backend or jax.default_backend()) == "cpu" else 512
+  return rows, max(1, min(m, 4096))
+
+
+def _block_size(block_size: Any, n: int, m: int, itemsize: int) -> BlockSize:
   if block_size is None:
     return None
+  if isinstance(block_size, str) and block_size == "auto":
+    return auto_block_size(n, m, itemsize)
   sizes = (block_size, block_size) if np.ndim(block_size) == 0 else block_size
   sizes = tuple(sizes) if isinstance(sizes, tuple | list) else (sizes,)
   if len(sizes) != 2 or not all(
     isinstance(b, int | np.integer) and not isinstance(b, bool) and b > 0 for b in sizes
   ):
     raise ValueError(
-      "block_size must be None (dense), a positive int or a pair (block_a, block_c) "
-      f"of them, got {block_size!r}."
+      "block_size must be None (dense), 'auto', a positive int or a pair (block_a, "
+      f"block_c) of them, got {block_size!r}."
     )
   return int(sizes[0]), int(sizes[1])
 
@@ -185,8 +244,9 @@ def resolve(
     mask,
     label_comparison,
     axis_name,
-    _block_size(block_size),
+    _block_size(block_size, n, m, anchors.dtype.itemsize),
     bool(ring),
+    isinstance(block_size, str),
   )
 
 
@@ -270,7 +330,9 @@ _EXECUTOR = (
     "block_size",
     "None (default): dense, the whole [n, M] matrix with ordinary "
     "autodiff; an int or ``(block_a, block_c)``: blockwise, the same values and "
-    "gradients with memory n x block (a recomputing backward pass).",
+    "gradients with memory n x block (a recomputing backward pass; reverse mode "
+    "only); 'auto': dense or blocks by the size and the backend "
+    "(:func:`metriclearn.pairs.auto_block_size`).",
   ),
   (
     "ring",
@@ -299,7 +361,7 @@ _ANNOTATIONS = {
   "label_comparison": "masks.LabelComparison | None",
   "mask": "jax.Array | None",
   "axis_name": "str | None",
-  "block_size": "int | tuple[int, int] | None",
+  "block_size": "int | tuple[int, int] | str | None",
   "ring": "bool",
 }
 

@@ -209,11 +209,14 @@ def test_triplet_batch_averages_on_eight_devices():
 
 def test_bounded_triplets_fall_back_when_an_anchor_has_more_positives():
   """max_positives smaller than a batch's largest class: the exact value (a fallback
-  inside the compiled function), or NaN for those anchors over a ring."""
+  inside the compiled function, dense or in blocks, the soft form too), or NaN for
+  those anchors over a ring."""
   with jax.enable_x64(True):
     e, labels = _batch(n=13, classes=2)  # classes of about 6: more than 3 positives
     e = jnp.asarray(e)
-    for fn in (losses.batch_all_triplet_loss, losses.semi_hard_triplet_loss):
+    soft = functools.partial(losses.batch_all_triplet_loss, soft=True)
+    soft.__name__ = "soft batch-all"  # (every triplet in rows of anchors)
+    for fn in (losses.batch_all_triplet_loss, losses.semi_hard_triplet_loss, soft):
       want, want_grad = value_and_grad(fn, e, labels)
       for block in (None, 4):
         got, grad = value_and_grad(fn, e, labels, max_positives=3, block_size=block)
@@ -332,3 +335,104 @@ def test_a_learned_temperature_gets_the_dense_gradient_on_eight_devices():
 
     got = jax.jit(jax.grad(total))(jnp.float32(0.5))
     np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(kw))
+
+
+def test_sorted_slots_are_the_first_positives_of_each_anchor():
+  """The slots found by one sort of the labels: each anchor's first k positives by
+  position (a NumPy loop), the counts of positives and negatives; self-pairs
+  excluded, padding rows in neither role, and against other candidates."""
+  from metriclearn import pairs
+  from metriclearn.losses import _slots
+
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 4, size=17).astype(np.int32)
+  labels[[2, 9]] = -1
+  ref = rng.integers(0, 5, size=11).astype(np.int32)
+  ref[0] = -1
+  e, c = jnp.ones((17, 2)), jnp.ones((11, 2))
+  for rel, cand in (
+    (pairs.resolve(e, labels), labels),
+    (pairs.resolve(e, labels, ref_embeddings=c, ref_labels=ref), ref),
+  ):
+    k = 3
+    slot, n_pos, n_neg = (np.asarray(x) for x in _slots.sorted_slots(rel, k))
+    for i, y in enumerate(labels):
+      pos = [j for j, z in enumerate(cand) if y >= 0 and z == y]
+      if rel.self_pairs:
+        pos = [j for j in pos if j != i]
+      neg = [j for j, z in enumerate(cand) if y >= 0 and z >= 0 and z != y]
+      want = (pos + [np.inf] * k)[:k]
+      np.testing.assert_array_equal(slot[i], want, f"anchor {i}")
+      assert (n_pos[i], n_neg[i]) == (len(pos), len(neg)), i
+
+
+def test_label_sorted_and_general_paths_agree():
+  """The slot and N-pair losses on label equality take the sorted path (one sort of
+  the labels, then the engine's last pass); the same relation written as a
+  label_comparison takes the general one (passes that find the slots): the same
+  values and gradients, dense and blockwise, with padding and other candidates."""
+  same = lambda a, b: a[:, None] == b[None, :]  # noqa: E731
+  cases = {
+    "npair": (losses.npair_loss, {}),
+    "batch_all": (losses.batch_all_triplet_loss, dict(max_positives=4)),
+    "batch_all_soft": (losses.batch_all_triplet_loss, dict(max_positives=4, soft=True)),
+    "batch_all_swap": (losses.batch_all_triplet_loss, dict(max_positives=4, swap=True)),
+    "semi_hard": (losses.semi_hard_triplet_loss, dict(max_positives=4)),
+    "smooth_ap": (losses.smooth_ap_loss, dict(max_positives=4)),
+  }
+  with jax.enable_x64(True):
+    e, labels = _batch(n=13, classes=3)
+    e = jnp.asarray(e)
+    for name, (fn, kw) in cases.items():
+      for block in (None, 4):
+        got = value_and_grad(fn, e, labels, block_size=block, **kw)
+        want = value_and_grad(
+          fn, e, labels, block_size=block, label_comparison=same, **kw
+        )
+        for g, w in zip(got, want, strict=True):
+          assert_close(g, w, 1e-5, f"{name} {block}")
+    ref = jnp.asarray(np.random.default_rng(1).normal(size=(9, 4)))
+    ref_labels = np.array([0, 1, 2, 0, -1, 1, 2, 2, 0], np.int32)
+    for name in ("npair", "batch_all", "semi_hard"):
+      fn, kw = cases[name]
+      kw = dict(kw, ref_embeddings=ref, ref_labels=ref_labels)
+      got = value_and_grad(fn, e, labels, **kw)
+      want = value_and_grad(fn, e, labels, label_comparison=same, **kw)
+      for g, w in zip(got, want, strict=True):
+        assert_close(g, w, 1e-5, f"{name} with ref_embeddings")
+
+
+def test_auto_block_size_follows_the_benchmarked_thresholds(monkeypatch):
+  """CPU: dense up to n x M = 2048^2 pairs, then 512 blocks; an accelerator: dense
+  while 8 [n, M] arrays fit a quarter of its memory, then 4096 blocks (thresholds of
+  pairs.auto_block_size, from benchmarks/results.md and accelerator.md)."""
+  from metriclearn import pairs
+
+  auto = pairs.auto_block_size
+  assert auto(2048, 2048, backend="cpu") is None
+  assert auto(2048, 2049, backend="cpu") == (512, 512)
+  gib = 2**30
+  # 8 * 16384^2 * 4 bytes = 8 GiB: fits a quarter of 32 GiB, not of 31 GiB
+  assert auto(16384, 16384, backend="gpu", memory_bytes=32 * gib) is None
+  assert auto(16384, 16384, backend="gpu", memory_bytes=31 * gib) == (4096, 4096)
+  assert auto(16384, 16384, 2, backend="tpu", memory_bytes=16 * gib) is None
+  with jax.enable_x64(True):
+    e, labels = _batch()
+    e = jnp.asarray(e)
+    for fn in (losses.supcon_loss, losses.batch_hard_triplet_loss):
+      got = value_and_grad(fn, e, labels, block_size="auto")
+      want = value_and_grad(fn, e, labels)
+      for g, w in zip(got, want, strict=True):
+        assert_close(g, w, 1e-12, fn.__name__)
+    with pytest.raises(ValueError, match="'auto'"):
+      losses.supcon_loss(e, labels, block_size="fast")
+    # past the threshold: blocks, and the slot passes' own (128 anchors x all 13)
+    assert pairs.auto_slot_block_size(13, backend="cpu") == (128, 13)
+    monkeypatch.setattr(pairs, "AUTO_DENSE_PAIRS_CPU", 0)
+    semi_hard = functools.partial(losses.semi_hard_triplet_loss, max_positives=5)
+    semi_hard.__name__ = "semi-hard"
+    for fn in (losses.supcon_loss, semi_hard):
+      got = value_and_grad(fn, e, labels, block_size="auto")
+      want = value_and_grad(fn, e, labels)
+      for g, w in zip(got, want, strict=True):
+        assert_close(g, w, 1e-5, fn.__name__)

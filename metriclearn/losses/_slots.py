@@ -4,14 +4,17 @@ slot statistics, shared by the triplet, pair-triplet and ranking losses.
 A loss that needs a statistic for every (anchor, positive) pair (the semi-hard
 negative, the triplets of batch-all, the rank of a positive) takes the first
 ``max_positives`` positives of each anchor as slots (:func:`by_slots`: their indices,
-counts, the farthest negative, the distance to each slot's positive), then a last pass
-of its own over ``[ba, k, bc]`` terms, in O(n m k), dense, blockwise or over a ring.
-:func:`bounded` falls back to the loss's exact form when an anchor has more than k
-positives; :func:`by_rows` runs an exact form in blocks of anchors against every
-candidate.
+counts and the distance to each slot's positive; on labels alone from one sort of the
+labels, otherwise from two engine passes), then a last pass of its own over
+``[ba, k, bc]`` terms, in O(n m k), dense, blockwise or over a ring. :func:`bounded`
+falls back to the loss's exact form when an anchor has more than k positives;
+:func:`by_rows` runs an exact form in blocks of anchors against every candidate.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +28,15 @@ __all__ = [
   "by_rows",
   "by_slots",
   "candidate_rows",
+  "candidates",
+  "fallback_rows",
   "first_positive_rows",
   "max_positives",
+  "plain",
   "rows_to_candidates",
   "slot_view",
+  "slots_of",
+  "sorted_slots",
 ]
 
 
@@ -39,19 +47,14 @@ def max_positives(k) -> int | None:
 
 
 # The k first positives of each anchor as slots (engine passes): their indices, the
-# anchor's positive and negative counts and its farthest negative, then the distance to
-# each slot's positive. Flattened statistics: 0 slot, 1 n_pos, 2 n_neg, 3 far, 4 d_ap.
+# anchor's positive and negative counts, then the distance to each slot's positive.
+# Flattened statistics of those passes: 0 slot, 1 n_pos, 2 n_neg, 3 d_ap.
 
 
 def first_positives(b: Block):
   index = jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape)
   ones = _engine.ones(b)
-  return [
-    (index, b.positive),
-    (ones, b.positive),
-    (ones, b.negative),
-    (b.s, b.negative),
-  ]
+  return [(index, b.positive), (ones, b.positive), (ones, b.negative)]
 
 
 def positive_distances(b: Block):
@@ -62,6 +65,58 @@ def positive_distances(b: Block):
 
 def slot_indices(b: Block):
   return [(jnp.broadcast_to(b.c_index.astype(b.s.dtype), b.s.shape), b.positive)]
+
+
+def slots_of(b: Block) -> tuple[jax.Array, jax.Array, Any]:
+  """In a last slot pass: (slot index [ba, k], +inf past the last; d_ap [ba, k]; the
+  slots' positives [ba, k, d] or None), from the earlier passes or, on the sorted
+  path (no earlier pass), from the anchors' aux."""
+  if b.prev:
+    return b.prev[0], b.prev[3], b.a_aux if not isinstance(b.a_aux, tuple) else None
+  slot, d_ap, *rows = b.a_aux
+  return slot, d_ap, rows[0] if rows else None
+
+
+def plain(rel: pairs.Relation) -> bool:
+  """Positives are label equality alone: one sort of the labels finds them."""
+  return (
+    rel.axis_name is None
+    and rel.label_comparison is None
+    and rel.positive_mask is None
+    and rel.mask is None
+    and rel.labels.ndim == 1
+  )
+
+
+def sorted_slots(rel: pairs.Relation, k: int) -> tuple[jax.Array, ...]:
+  """For a :func:`plain` relation, without a pass over the pairs: each anchor's first
+  ``k`` positives (candidate indices, ascending; +inf past the last), its number of
+  positives and of negatives, from one stable sort of the candidates' labels:
+  O(m log m + n k)."""
+  idx = _engine.index_dtype()
+  labels, ref = rel.labels, rel.ref_labels
+  n, m = labels.shape[0], ref.shape[0]
+  order = jnp.argsort(ref, stable=True).astype(idx)  # padding (-1) first
+  ordered = ref[order]
+  lo = jnp.searchsorted(ordered, labels, side="left").astype(idx)
+  hi = jnp.searchsorted(ordered, labels, side="right").astype(idx)
+  real = labels >= 0
+  same = jnp.where(real, hi - lo, 0)  # candidates of the anchor's label
+  j = jnp.arange(k, dtype=idx)[None, :]
+  if rel.self_pairs:  # skip the anchor itself among its class
+    where = jnp.zeros((m,), idx).at[order].set(jnp.arange(m, dtype=idx))
+    j = j + (j >= (where[:n] - lo)[:, None]).astype(idx)
+    n_pos = jnp.maximum(same - 1, 0)
+  else:
+    n_pos = same
+  dtype = rel.anchors.dtype
+  slot = jnp.where(
+    jnp.arange(k, dtype=idx)[None, :] < n_pos[:, None],
+    order[jnp.clip(lo[:, None] + j, 0, m - 1)].astype(dtype),
+    jnp.inf,
+  )
+  n_neg = jnp.where(real, jnp.sum(ref >= 0, dtype=idx) - same, 0)
+  return slot, n_pos.astype(dtype), n_neg.astype(dtype)
 
 
 def candidate_rows(rel: pairs.Relation, index: jax.Array) -> jax.Array:
@@ -99,9 +154,12 @@ def candidate_rows(rel: pairs.Relation, index: jax.Array) -> jax.Array:
 def first_positive_rows(rel: pairs.Relation, k: int) -> tuple[jax.Array, jax.Array]:
   """The first ``k`` positives of each anchor (the slots of the bounded forms):
   ``(valid [n, k] bool, their embeddings [n, k, d], zeros past the last)``."""
-  ((slot,),) = _engine.pair_statistics(
-    rel, (Pass(slot_indices, ("smallest",), slots=k),), _engine.no_similarity
-  )
+  if plain(rel):
+    slot = sorted_slots(rel, k)[0]
+  else:
+    ((slot,),) = _engine.pair_statistics(
+      rel, (Pass(slot_indices, ("smallest",), slots=k),), _engine.no_similarity
+    )
   valid = jnp.isfinite(slot)
   rows = candidate_rows(rel, jnp.where(valid, slot, 0.0))
   return valid, jnp.where(valid[..., None], rows, 0.0)
@@ -116,42 +174,84 @@ def rows_to_candidates(dist_fn, rows: jax.Array, candidates: jax.Array) -> jax.A
 def slot_view(b: Block, swap=None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(negatives of valid slots [ba, k, bc], d_ap [ba, k, 1], D_an [ba, 1, bc]); with
   ``swap`` (the distance function) D_an is min(D_an, D_pn) [ba, k, bc], the slots'
-  positives being ``b.a_aux`` and the candidates ``b.c_aux``."""
-  valid = jnp.isfinite(b.prev[0])[:, :, None]
+  positives being those of :func:`slots_of` and the candidates ``b.c_aux``."""
+  slot, d_ap, rows = slots_of(b)
+  valid = jnp.isfinite(slot)[:, :, None]
   d_an = b.s[:, None, :]
   if swap is not None:
-    d_an = jnp.minimum(d_an, rows_to_candidates(swap, b.a_aux, b.c_aux))
-  return valid & b.negative[:, None, :], b.prev[4][:, :, None], d_an
+    d_an = jnp.minimum(d_an, rows_to_candidates(swap, rows, b.c_aux))
+  return valid & b.negative[:, None, :], d_ap[:, :, None], d_an
 
 
 def by_slots(rel, k: int, dist_fn, last: Pass, margin, swap: bool = False):
+  """The slot statistics and the ``last`` pass's: ``(valid [n, k], n_pos, n_neg,
+  d_ap [n, k], last's statistics)``. A :func:`plain` relation finds its slots with
+  one sort (:func:`sorted_slots`) and d_ap from the slots' rows, so the engine runs
+  ``last`` alone; otherwise two passes find them first. ``block_size="auto"`` gives
+  the slot passes their own blocks (:func:`metriclearn.pairs.auto_slot_block_size`)."""
+  if rel.auto and rel.block_size is not None:
+    rel = rel._replace(block_size=pairs.auto_slot_block_size(candidates(rel)))
+  if plain(rel):
+    slot, n_pos, n_neg = sorted_slots(rel, k)
+    valid = jnp.isfinite(slot)
+    rows = candidate_rows(rel, jnp.where(valid, slot, 0.0))
+    d_ap = jax.vmap(lambda a, r: dist_fn(a[None], r)[0])(rel.anchors, rows)
+    d_ap = jnp.where(valid, d_ap, 0.0)
+    # d_ap is a constant in ``last`` unless it asks for its gradient (statistic 3)
+    seen = d_ap if 3 in last.prev_grad else jax.lax.stop_gradient(d_ap)
+    (stats,) = _engine.pair_statistics(
+      rel,
+      (dataclasses.replace(last, prev_grad=()),),
+      dist_fn,
+      consts=margin,
+      anchor_aux=(slot, seen, rows) if swap else (slot, seen),
+      candidate_aux=rel.candidates if swap else (),
+    )
+    return valid, n_pos, n_neg, d_ap, stats
   passes = (
-    Pass(first_positives, ("smallest", "sum", "sum", "max"), slots=k),
+    Pass(first_positives, ("smallest", "sum", "sum"), slots=k),
     Pass(positive_distances, ("sum",), positive_only=True),
     last,
   )
   aux = {}
   if swap:  # the slots' positives travel with the anchors, the candidates with theirs
     aux = dict(anchor_aux=first_positive_rows(rel, k)[1], candidate_aux=rel.candidates)
-  (slot, n_pos, n_neg, far), (d_ap,), stats = _engine.pair_statistics(
+  (slot, n_pos, n_neg), (d_ap,), stats = _engine.pair_statistics(
     rel, passes, dist_fn, consts=margin, **aux
   )
-  return jnp.isfinite(slot), n_pos, n_neg, far, d_ap, stats
+  return jnp.isfinite(slot), n_pos, n_neg, d_ap, stats
 
 
-def bounded(rel, k: int | None, slot_form, exact, fallback: bool = True):
+def bounded(rel, k: int | None, slot_form, exact):
   """The slot form, or the exact one where a batch has more than ``k`` positives for
   an anchor (NaN for those anchors where there is no exact form: over a ring)."""
   if k is None:
     return exact()
   total, count, n_pos = slot_form()
   over = n_pos > k
-  if rel.ring or not fallback:
+  if rel.ring:
     return jnp.where(over, jnp.nan, total), count
   any_over = jnp.any(over)
   if rel.axis_name is not None:
     any_over = jax.lax.psum(any_over.astype(jnp.int32), rel.axis_name) > 0
-  return jax.lax.cond(any_over, exact, lambda: (total, count))
+  # checkpointed: under autodiff the cond keeps the exact form's inputs, not its
+  # intermediates (zero-filled residuals of an unused branch cost its full memory)
+  return jax.lax.cond(any_over, jax.checkpoint(exact), lambda: (total, count))
+
+
+def candidates(rel: pairs.Relation) -> int:
+  """M, the number of candidates of every device."""
+  m = rel.candidates.shape[0]
+  return m if rel.axis_name is None else m * jax.lax.axis_size(rel.axis_name)
+
+
+def fallback_rows(rel: pairs.Relation, per_row: int) -> pairs.Relation:
+  """``rel`` for a dense bounded form's exact fallback: rows of anchors such that a
+  block of ``per_row`` elements a row stays near 2^24 elements (64 MiB in float32)."""
+  if rel.block_size is not None:
+    return rel
+  rows = max(1, min(rel.anchors.shape[0], 2**24 // max(1, per_row)))
+  return rel._replace(block_size=(rows, rows))
 
 
 def by_rows(rel: pairs.Relation, fn) -> tuple[jax.Array, jax.Array]:

@@ -180,8 +180,9 @@ def angular_loss(
     total = jnp.sum(jnp.where(valid, per, 0.0), axis=1)
     return total, jnp.sum(valid, axis=1).astype(total.dtype), n_pos
 
-  def exact():
-    return _slots.by_rows(rel, lambda p: _angular_every_pair(p, tan2))
+  def exact():  # (n x M x M: in rows of anchors when it is the fallback)
+    rows = rel if k is None else _slots.fallback_rows(rel, _slots.candidates(rel) ** 2)
+    return _slots.by_rows(rows, lambda p: _angular_every_pair(p, tan2))
 
   total, count = _slots.bounded(rel, k, bounded, exact)
   return _engine.average_terms(total, count, average, rel.axis_name)
@@ -839,7 +840,7 @@ def dynamic_soft_margin_loss(
 
   def bounded():
     last = Pass(functools.partial(_dsm_histogram_terms, bins=bins), ("sum",))
-    valid, n_pos, n_neg, _, d_ap, (counts,) = _slots.by_slots(
+    valid, n_pos, n_neg, d_ap, (counts,) = _slots.by_slots(
       rel, k, dist_fn, last, (m0, width)
     )
     new, cdf = update(counts)

@@ -208,10 +208,11 @@ def fastap_loss(
 
 
 def _rank_terms(b: Block):
-  """The last slot pass (after ``triplet.by_slots``' first two): for the positive i
-  of each slot, sigmoid((s_j - s_i) / tau) over the other positives and over the
-  negatives j. Earlier statistics used: 0 the slot's index, 4 its similarity s_i."""
-  slot, s_i = b.prev[0][:, :, None], b.prev[4][:, :, None]
+  """The last slot pass (``_slots.by_slots``): for the positive i of each slot,
+  sigmoid((s_j - s_i) / tau) over the other positives and over the negatives j, with
+  the slot's index and its similarity s_i (differentiated: statistic 3)."""
+  slot, s_i, _ = _slots.slots_of(b)
+  slot, s_i = slot[:, :, None], s_i[:, :, None]
   filled = jnp.isfinite(slot)
   other = filled & (b.c_index.astype(b.s.dtype)[None, None, :] != slot)
   sig = jax.nn.sigmoid((b.s[:, None, :] - s_i) / b.consts)
@@ -243,8 +244,8 @@ def _mean_over_positives(
   tau = _checks.scalar(temperature, "temperature", rel.anchors.dtype, positive=True)
 
   def bounded():
-    last = Pass(_rank_terms, ("sum", "sum"), prev_grad=(4,))
-    valid, n_pos, _, _, _, (above_pos, above_neg) = _slots.by_slots(
+    last = Pass(_rank_terms, ("sum", "sum"), prev_grad=(3,))
+    valid, n_pos, _, _, (above_pos, above_neg) = _slots.by_slots(
       rel, k, sim_fn, last, tau
     )
     terms = jnp.where(valid, term(above_pos, above_neg), 0.0)
@@ -255,7 +256,11 @@ def _mean_over_positives(
     terms = jnp.where(p.positive, term(above_pos, above_neg), 0.0)
     return jnp.sum(terms, axis=1), jnp.sum(p.positive, axis=1).astype(terms.dtype)
 
-  total, count = _slots.bounded(rel, k, bounded, lambda: _slots.by_rows(rel, rows))
+  def exact():  # (n x M x M: in rows of anchors when it is the fallback)
+    by = rel if k is None else _slots.fallback_rows(rel, _slots.candidates(rel) ** 2)
+    return _slots.by_rows(by, rows)
+
+  total, count = _slots.bounded(rel, k, bounded, exact)
   return _engine.mean(total, count)
 
 

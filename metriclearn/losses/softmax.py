@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metriclearn import _checks, distances, pairs
-from metriclearn.losses import _engine
+from metriclearn.losses import _engine, _slots
 from metriclearn.losses._engine import Block, Pass
 
 __all__ = [
@@ -345,6 +345,39 @@ def _npair_terms(b: Block):
   ]
 
 
+def _npair_pairs(rel: pairs.Relation) -> tuple[pairs.Relation, jax.Array]:
+  """For a relation of label equality alone: the used anchors and their picks as a
+  relation of K x K pairs (pair j: used anchor j and its first positive, K the most
+  used anchors there can be, padding past the last), and where each used anchor is
+  in the batch. From sorts of the labels: O(n log n), no pass over the n x m pairs.
+
+  K = n // 2 when the candidates are the anchors (a used anchor's class has two
+  members), else min(n, m).
+  """
+  idx = _engine.index_dtype()
+  n, m = rel.anchors.shape[0], rel.candidates.shape[0]
+  slot, n_pos, _ = _slots.sorted_slots(rel, 1)
+  order = jnp.argsort(rel.labels, stable=True)
+  ordered = rel.labels[order]
+  leads = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+  first_of_class = jnp.zeros((n,), bool).at[order].set(leads)
+  used = first_of_class & (n_pos > 0)
+  size = max(1, n // 2 if rel.self_pairs else min(n, m))
+  (at,) = jnp.nonzero(used, size=size, fill_value=n)
+  real = at < n
+  at = jnp.minimum(at, n - 1)
+  pick = jnp.where(real, slot[at, 0], 0.0).astype(idx)
+  keep = real[:, None]
+  compact = rel._replace(
+    anchors=jnp.where(keep, rel.anchors[at], 0.0),
+    candidates=jnp.where(keep, rel.candidates[pick], 0.0),
+    labels=jnp.where(real, rel.labels[at], -1),
+    ref_labels=jnp.where(real, rel.ref_labels[pick], -1),
+    self_pairs=False,
+  )
+  return compact, jnp.where(real, at, n)
+
+
 def _npair_selection(rel: pairs.Relation) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Each anchor's first positive candidate (global index), whether the anchor is
   used (the first of its class to have a positive), and the candidates that are some
@@ -430,6 +463,12 @@ def npair_loss(
   ``mask``; unused anchors, and anchors whose pair has no negative, get 0 (the penalty
   included).
 
+  Cost: on labels alone (no ``positive_mask``, ``label_comparison``, ``mask`` or
+  ``axis_name``) the pairs are found by sorting the labels and only they are compared,
+  a K x K problem with K = n // 2 (min(n, m) with ``ref_embeddings``), the most used
+  anchors there can be; otherwise the selection and the loss are passes over the
+  n x m pairs.
+
   Args:
     {relation}
     l2_reg: :math:`\lambda \ge 0`, the paper's L2 regularization of the embedding
@@ -451,8 +490,14 @@ def npair_loss(
     NeurIPS 2016.
   """
   _checks.check_non_negative(l2_reg, "l2_reg")
-  first, used, picked = _npair_selection(rel)
-  dtype = rel.anchors.dtype
+  dtype, n = rel.anchors.dtype, rel.anchors.shape[0]
+  at = None
+  if _slots.plain(rel):  # the K x K pairs alone, as pytorch-metric-learning
+    rel, at = _npair_pairs(rel)
+    real = (rel.labels >= 0).astype(dtype)
+    first, used, picked = jnp.arange(rel.labels.shape[0], dtype=dtype), real, real
+  else:
+    first, used, picked = _npair_selection(rel)
   c_sq = jnp.sum(jnp.square(rel.candidates), axis=1)
   ((pos_logit, neg_lse, n_neg, pick_sq, n_pair),) = _engine.pair_statistics(
     rel,
@@ -465,7 +510,10 @@ def npair_loss(
   if l2_reg:
     a_sq = jnp.sum(jnp.square(rel.anchors), axis=1)
     loss = loss + 0.25 * l2_reg * (a_sq + pick_sq)
-  return jnp.where(_engine.active(n_pair, n_neg), loss, 0.0)
+  loss = jnp.where(_engine.active(n_pair, n_neg), loss, 0.0)
+  if at is None:
+    return loss
+  return jnp.zeros((n,), dtype).at[at].set(loss, mode="drop")
 
 
 # ----------------------------------------------------------------------------------

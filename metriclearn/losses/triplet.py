@@ -265,8 +265,10 @@ def batch_all_triplet_loss(
     counts, for each slot, the negatives with :math:`D_{an} < D_{ap} + m` and sums
     them: O(n m k) time, memory n x k plus one block, dense or blockwise
     (``block_size``, ``ring``). A batch in which an anchor has more than k positives
-    falls back to the exact form below (NaN for that anchor where there is none: over
-    a ring, or with ``soft=True`` and a block size).
+    falls back to an exact form in blocks of anchors (the sorted one below for the
+    hinge, every triplet for ``soft`` or ``swap``; over a ring, NaN for that anchor).
+    For a batch of label equality alone the slots come from one sort of the labels
+    (no pass), so the engine runs the slot pass alone.
   * ``max_positives=None``, ``block_size=None``: every triplet, an [n, m, m] array
     (n = m = 512 in float32 is 512 MiB).
   * ``max_positives=None`` with ``block_size``: each anchor's negatives sorted once,
@@ -319,11 +321,11 @@ def batch_all_triplet_loss(
 
   def bounded():
     last = (
-      Pass(functools.partial(_batch_all_soft, swap=swap_fn), ("sum", "sum"), (4,))
+      Pass(functools.partial(_batch_all_soft, swap=swap_fn), ("sum", "sum"), (3,))
       if soft
       else Pass(functools.partial(_batch_all_hinge, swap=swap_fn), ("sum", "sum"))
     )
-    valid, n_pos, _, _, d_ap, stats = _slots.by_slots(rel, k, dist_fn, last, m, swap)
+    valid, n_pos, _, d_ap, stats = _slots.by_slots(rel, k, dist_fn, last, m, swap)
     if soft:
       total, count = stats
     else:
@@ -338,19 +340,20 @@ def batch_all_triplet_loss(
     return batch_all_terms(dist, p.positive, p.negative, m, soft, d_pn)
 
   def exact():
-    if rel.block_size is None and not rel.ring:
+    if rel.block_size is None and not rel.ring and k is None:
       return every_triplet(pairs.dense(rel))
-    if swap:
-      return _slots.by_rows(rel, every_triplet)
-    if soft:
-      raise ValueError(
-        "soft=True has no sorted form: use block_size=None (every triplet) or give "
-        "max_positives."
-      )
-    return _slots.by_rows(rel, lambda p: _sorted_batch_all(p, dist_fn, m))
+    n_cand = _slots.candidates(rel)
+    if swap or soft:  # (with max_positives: the fallback, in rows of anchors)
+      if soft and not swap and rel.block_size is not None and k is None:
+        raise ValueError(
+          "soft=True has no sorted form: use block_size=None (every triplet) or "
+          "give max_positives."
+        )
+      return _slots.by_rows(_slots.fallback_rows(rel, n_cand**2), every_triplet)
+    rows = _slots.fallback_rows(rel, 8 * n_cand)
+    return _slots.by_rows(rows, lambda p: _sorted_batch_all(p, dist_fn, m))
 
-  fallback = swap or not (soft and rel.block_size is not None)
-  total, count = _slots.bounded(rel, k, bounded, exact, fallback)
+  total, count = _slots.bounded(rel, k, bounded, exact)
   return _engine.average_terms(total, count, average, rel.axis_name)
 
 
@@ -486,10 +489,10 @@ def _sorted_semi_hard(p: pairs.Pairs, dist_fn, margin, soft):
   return total, jnp.sum(valid, axis=1).astype(total.dtype)
 
 
-def _semi_hard_terms(b: Block):
+def _semi_hard_terms(b: Block):  # each slot's closest farther negative, the farthest
   negative, d_ap, d_an = _slots.slot_view(b)
   farther = negative & (d_an > d_ap)
-  return [(jnp.broadcast_to(d_an, farther.shape), farther)]
+  return [(jnp.broadcast_to(d_an, farther.shape), farther), (b.s, b.negative)]
 
 
 @_batch_loss
@@ -582,8 +585,8 @@ def semi_hard_triplet_loss(
   m = jnp.asarray(margin).astype(rel.anchors.dtype)
 
   def bounded():
-    last = Pass(_semi_hard_terms, ("min",))
-    valid, n_pos, n_neg, far, d_ap, (farther,) = _slots.by_slots(
+    last = Pass(_semi_hard_terms, ("min", "max"))
+    valid, n_pos, n_neg, d_ap, (farther, far) = _slots.by_slots(
       rel, k, dist_fn, last, m
     )
     has_neg = n_neg > 0
