@@ -114,9 +114,9 @@ def auto_block_size(
   ``memory_bytes`` to the first device's ``bytes_limit`` (16 GiB if unknown).
 
   * CPU: dense up to ``n * M = 2048^2`` pairs, then blocks of 512. On the 2-core CPU
-    of ``benchmarks/results.md`` dense was faster at n = 1024 for most losses and
-    blockwise faster for every loss from n = 4096 (0.36-0.69 of the dense time), with
-    memory n x 512 instead of n x n.
+    of ``benchmarks/results.md`` dense was as fast or faster at n = 1024 for most
+    losses and blockwise faster for every loss at n = 4096 and 16384 (0.17-0.96 of the
+    dense time), with memory n x 512 instead of n x n.
   * GPU / TPU: dense while eight [n, M] arrays (the matrices of the forward and the
     backward pass, with room) fit a quarter of the device's memory, then blocks of
     4096. On an H100 (``benchmarks/accelerator.md``) blockwise with 512 blocks was 4-5x

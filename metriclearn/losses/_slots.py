@@ -222,11 +222,14 @@ def by_slots(rel, k: int, dist_fn, last: Pass, margin, swap: bool = False):
   return jnp.isfinite(slot), n_pos, n_neg, d_ap, stats
 
 
-def bounded(rel, k: int | None, slot_form, exact):
-  """The slot form, or the exact one where a batch has more than ``k`` positives for
-  an anchor (NaN for those anchors where there is no exact form: over a ring)."""
+def bounded(rel, k: int | None, slot_form, exact, per_row: int | None = None):
+  """The slot form, or ``exact(rel)`` where a batch has more than ``k`` positives for
+  an anchor (NaN for those anchors where there is no exact form: over a ring);
+  ``exact(rel)`` alone without ``k``. As the fallback of a dense slot form, ``exact``
+  gets ``rel`` in rows of anchors (:func:`fallback_rows`) when its rows hold
+  ``per_row`` elements each."""
   if k is None:
-    return exact()
+    return exact(rel)
   total, count, n_pos = slot_form()
   over = n_pos > k
   if rel.ring:
@@ -236,7 +239,9 @@ def bounded(rel, k: int | None, slot_form, exact):
     any_over = jax.lax.psum(any_over.astype(jnp.int32), rel.axis_name) > 0
   # checkpointed: under autodiff the cond keeps the exact form's inputs, not its
   # intermediates (zero-filled residuals of an unused branch cost its full memory)
-  return jax.lax.cond(any_over, jax.checkpoint(exact), lambda: (total, count))
+  rows = rel if per_row is None else fallback_rows(rel, per_row)
+  fallback = jax.checkpoint(lambda: exact(rows))
+  return jax.lax.cond(any_over, fallback, lambda: (total, count))
 
 
 def candidates(rel: pairs.Relation) -> int:

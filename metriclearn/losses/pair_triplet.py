@@ -180,11 +180,11 @@ def angular_loss(
     total = jnp.sum(jnp.where(valid, per, 0.0), axis=1)
     return total, jnp.sum(valid, axis=1).astype(total.dtype), n_pos
 
-  def exact():  # (n x M x M: in rows of anchors when it is the fallback)
-    rows = rel if k is None else _slots.fallback_rows(rel, _slots.candidates(rel) ** 2)
-    return _slots.by_rows(rows, lambda p: _angular_every_pair(p, tan2))
+  def exact(r):
+    return _slots.by_rows(r, lambda p: _angular_every_pair(p, tan2))
 
-  total, count = _slots.bounded(rel, k, bounded, exact)
+  per_row = _slots.candidates(rel) ** 2  # n x M x M
+  total, count = _slots.bounded(rel, k, bounded, exact, per_row)
   return _engine.average_terms(total, count, average, rel.axis_name)
 
 

@@ -256,11 +256,10 @@ def _mean_over_positives(
     terms = jnp.where(p.positive, term(above_pos, above_neg), 0.0)
     return jnp.sum(terms, axis=1), jnp.sum(p.positive, axis=1).astype(terms.dtype)
 
-  def exact():  # (n x M x M: in rows of anchors when it is the fallback)
-    by = rel if k is None else _slots.fallback_rows(rel, _slots.candidates(rel) ** 2)
-    return _slots.by_rows(by, rows)
-
-  total, count = _slots.bounded(rel, k, bounded, exact)
+  per_row = _slots.candidates(rel) ** 2  # n x M x M
+  total, count = _slots.bounded(
+    rel, k, bounded, lambda r: _slots.by_rows(r, rows), per_row
+  )
   return _engine.mean(total, count)
 
 

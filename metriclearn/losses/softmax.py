@@ -423,7 +423,7 @@ def _npair_selection(rel: pairs.Relation) -> tuple[jax.Array, jax.Array, jax.Arr
     used = has_pos & ~jnp.any(same & earlier & has_all[None, :], axis=1)
   first_all = pairs.gather(first, axis_name).astype(idx)
   used_all = pairs.gather(used, axis_name)
-  m_all = m * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+  m_all = _slots.candidates(rel)
   picked = (
     jnp.zeros((m_all,), bool)
     .at[jnp.where(used_all, first_all, m_all)]

@@ -339,21 +339,21 @@ def batch_all_triplet_loss(
     dist = dist_fn(p.anchors, p.candidates)
     return batch_all_terms(dist, p.positive, p.negative, m, soft, d_pn)
 
-  def exact():
-    if rel.block_size is None and not rel.ring and k is None:
-      return every_triplet(pairs.dense(rel))
-    n_cand = _slots.candidates(rel)
-    if swap or soft:  # (with max_positives: the fallback, in rows of anchors)
-      if soft and not swap and rel.block_size is not None and k is None:
+  def exact(r):  # (as the fallback, r is in rows of anchors)
+    if r.block_size is None and not r.ring:
+      return every_triplet(pairs.dense(r))
+    if swap or soft:
+      if soft and not swap and r.block_size is not None and k is None:
         raise ValueError(
           "soft=True has no sorted form: use block_size=None (every triplet) or "
           "give max_positives."
         )
-      return _slots.by_rows(_slots.fallback_rows(rel, n_cand**2), every_triplet)
-    rows = _slots.fallback_rows(rel, 8 * n_cand)
-    return _slots.by_rows(rows, lambda p: _sorted_batch_all(p, dist_fn, m))
+      return _slots.by_rows(r, every_triplet)
+    return _slots.by_rows(r, lambda p: _sorted_batch_all(p, dist_fn, m))
 
-  total, count = _slots.bounded(rel, k, bounded, exact)
+  n_cand = _slots.candidates(rel)  # every triplet n x M x M; sorted rows ~8 x M
+  per_row = n_cand**2 if swap or soft else 8 * n_cand
+  total, count = _slots.bounded(rel, k, bounded, exact, per_row)
   return _engine.average_terms(total, count, average, rel.axis_name)
 
 
@@ -597,8 +597,8 @@ def semi_hard_triplet_loss(
     total = jnp.sum(jnp.where(valid, loss, 0.0), axis=1)
     return total, jnp.sum(valid, axis=1).astype(total.dtype), n_pos
 
-  def exact():
-    return _slots.by_rows(rel, lambda p: _sorted_semi_hard(p, dist_fn, m, soft))
+  def exact(r):
+    return _slots.by_rows(r, lambda p: _sorted_semi_hard(p, dist_fn, m, soft))
 
   total, count = _slots.bounded(rel, k, bounded, exact)
   return _engine.average_terms(total, count, average, rel.axis_name)
