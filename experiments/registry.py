@@ -25,15 +25,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from metriclearn import losses, training
+from metriclearn import distances, losses, training
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
   kind: str  # make_train_step kind: 'batch', 'proxy', 'pair', 'triplet', 'two_view'
   fn: Callable[..., jax.Array]
-  # (key, num_classes, dim) -> the loss's learnable arrays, passed by keyword
-  params: Callable[[jax.Array, int, int], dict] = lambda key, c, d: {}
+  # (key, num_classes, dim, **init) -> the loss's learnable arrays, passed by
+  # keyword; ``init``: the options of their initial values (``--set loss_init.<name>``)
+  params: Callable[..., dict] = lambda key, c, d: {}
   sampler: str = "balanced"  # 'balanced' (P x K), 'pair', 'triplet' or 'views'
   reduction: str = "mean"  # 'total' for a loss that returns one global loss
 
@@ -41,6 +42,13 @@ class LossSpec:
 def _log_likelihood(x1, x2, similar, *, log_scale, bias, **kw):
   # the scale is learned through its log, so that it stays > 0
   return losses.sigmoid_pair_loss(x1, x2, similar, jnp.exp(log_scale), bias, **kw)
+
+
+def _literal_sigmoid(x1, x2, similar, *, distance="euclidean"):
+  # y sigma(D) + (1 - y)(1 - sigma(D)), y = 1 for similar: a similar pair costs at
+  # least sigma(0) = 1/2, however close its two items are
+  p = jax.nn.sigmoid(distances.get_distance(distance)(x1, x2))
+  return jnp.where(jnp.asarray(similar, bool), p, 1.0 - p)
 
 
 def _koch_l1(x1, x2, similar, *, alpha, bias, **kw):
@@ -64,14 +72,34 @@ def _linear_head(key, c, d):
   return {"weights": losses.init_proxies(key, c, d), "bias": jnp.zeros((c,))}
 
 
-_PAIR_PARAMS = lambda key, c, d: {"log_scale": jnp.log(4.0), "bias": jnp.asarray(2.0)}
+def _pair_params(key, c, d, *, scale: float = 4.0, threshold: float = 0.5) -> dict:
+  """The log-likelihood loss's initial s and b = s * threshold (the distance at which
+  p = 1/2); ``--set loss_init.scale=10`` starts it sharper."""
+  if scale <= 0 or threshold <= 0:
+    raise ValueError(
+      f"loss_init.scale and loss_init.threshold must be > 0, got {scale}, {threshold}."
+    )
+  return {"log_scale": jnp.log(scale), "bias": jnp.asarray(scale * threshold)}
+
+
 CURATED: dict[str, LossSpec] = {
   "contrastive": LossSpec(
     "pair", functools.partial(losses.contrastive_loss, margin=1.0), sampler="pair"
   ),
   "log_likelihood": LossSpec(
-    "pair", _log_likelihood, params=_PAIR_PARAMS, sampler="pair"
+    "pair", _log_likelihood, params=_pair_params, sampler="pair"
   ),
+  # Hadsell et al. 2006 as written: (1 - Y) 1/2 D^2 + Y 1/2 max(0, m - D)^2
+  "contrastive_hadsell": LossSpec(
+    "pair",
+    functools.partial(
+      losses.contrastive_loss, margin=1.0, pos_weight=0.5, neg_weight=0.5
+    ),
+    sampler="pair",
+  ),
+  # L = y sigma(D) + (1 - y)(1 - sigma(D)) taken literally (no bias, no log): the
+  # form whose floor sigma(0) = 1/2 the log-likelihood loss's bias removes
+  "literal_sigmoid": LossSpec("pair", _literal_sigmoid, sampler="pair"),
   "koch_l1": LossSpec(
     "pair",
     _koch_l1,

@@ -2,15 +2,18 @@
 
   python experiments/report.py oneshot runs/oneshot runs/oneshot_small \\
       --out experiments/results/omniglot_oneshot.md
-  python experiments/report.py compare runs/compare \\
-      --out experiments/results/loss_comparison.md
+  python experiments/report.py compare runs/compare --paired runs/siamese \\
+      --validation runs/siamese_val --out experiments/results/loss_comparison.md
 
 Reads every ``*/metrics.json`` under the given folders (written by
 ``experiments/sweep.py``), groups the runs by their configuration (all but the seed),
 and replaces the part of ``--out`` between the GENERATED markers with the tables (mean
 ± sample standard deviation over seeds, and each seed's value of the headline metric);
 the figures go into a folder named after ``--out`` beside it. The prose around the
-markers is written by hand and kept.
+markers is written by hand and kept. ``compare``'s ``--paired`` runs (the pair losses,
+seed for seed on the same pairs and initial encoder) give each metric's mean paired
+difference and its 95 % t-interval; ``--validation`` runs (``holdout=validation``) the
+table the hyperparameters were chosen from.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 import sys
 
 import numpy as np
+from scipy import stats
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,10 +68,10 @@ def group(runs, keys) -> dict[tuple, list[dict]]:
   return out
 
 
-def stat(runs, metric, scale=1.0) -> str:
+def stat(runs, metric, scale=1.0, digits=None) -> str:
   v = np.array([r["metrics"][metric] for r in runs]) * scale
   std = sample_std(v)
-  digits = 1 if scale == 100 else 3
+  digits = digits or (1 if scale == 100 else 3)
   return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
 
@@ -86,12 +90,16 @@ def machine_line(runs) -> str:
 
 
 def copy_figures(run, folder: pathlib.Path, prefix: str, names) -> list[str]:
+  """Copies a run's figures next to the results file; a run committed without its
+  figures (metrics.json only) keeps the copies already there."""
   folder.mkdir(parents=True, exist_ok=True)
   out = []
   for name in names:
-    target = folder / f"{prefix}{name}"
-    shutil.copyfile(run["dir"] / "figures" / name, target)
-    out.append(target.name)
+    source, target = run["dir"] / "figures" / name, folder / f"{prefix}{name}"
+    if source.exists():
+      shutil.copyfile(source, target)
+    if target.exists():
+      out.append(target.name)
   return out
 
 
@@ -180,37 +188,136 @@ def oneshot(runs, out: pathlib.Path) -> str:
 # ------------------------------------------------------------------ comparison
 
 
-def welch_t(a, b) -> float:
-  """Welch's t statistic of the difference of two samples' means."""
-  a, b = np.asarray(a, float), np.asarray(b, float)
-  return (a.mean() - b.mean()) / np.sqrt(
-    a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
-  )
+def paired_difference(a, b) -> tuple[float, float, float]:
+  """Mean of the paired differences a_i - b_i and its 95 % Student-t interval:
+  mean ± t(0.975, n - 1) · sd / sqrt(n)."""
+  d = np.asarray(a, float) - np.asarray(b, float)
+  if len(d) < 2:
+    raise ValueError(f"a paired interval needs >= 2 pairs, got {len(d)}.")
+  half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+  return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def seed_pairs(runs, other) -> list[tuple[dict, dict]]:
+  """The runs of two groups with the same seed, side by side."""
+  by_seed = {r["config"]["seed"]: r for r in other}
+  seeds = [r["config"]["seed"] for r in runs]
+  return [(r, by_seed[s]) for r, s in zip(runs, seeds, strict=True) if s in by_seed]
+
+
+def one_shot_metrics(run) -> list[str]:
+  return [k for k in run["metrics"] if k.endswith("way_one_shot")]
+
+
+# The pair-loss tables' columns: Omniglot's runs have the official 20 runs beside
+# their random episodes, MNIST's only the episodes (5-way).
+PAIR_HEAD = ["MAP@R", "P@1", "N-way one-shot", "official 20 runs"]
+
+
+def pair_cells(runs, cell) -> list[str]:
+  """``cell(runs, metric)`` for MAP@R, P@1, the episodes and the official runs."""
+  shot = [k for k in one_shot_metrics(runs[0]) if not k.startswith("official")]
+  columns = ["map_at_r", "precision_at_1", shot[0], "official_20way_one_shot"]
+  return [cell(runs, m) if m in runs[0]["metrics"] else "" for m in columns]
 
 
 def head_to_head(groups, first: str, second: str) -> str:
-  """``first`` against ``second`` loss on every dataset: means, difference, Welch t."""
+  """``first`` against ``second`` seed for seed on every dataset: the means, the mean
+  paired difference with its 95 % interval, and what the interval says."""
   rows = []
   for dataset in ("omniglot", "mnist"):
     rs, other = groups.get((dataset, first)), groups.get((dataset, second))
     if rs is None or other is None:
       continue
-    shot = [k for k in rs[0]["metrics"] if k.endswith("way_one_shot")]
-    for metric in ["map_at_r", "precision_at_1", *shot]:
-      a = [r["metrics"][metric] for r in rs]
-      b = [r["metrics"][metric] for r in other]
-      diff = f"{np.mean(a) - np.mean(b):+.3f}"
-      t = f"{welch_t(a, b):.1f}" if len(a) > 1 and len(b) > 1 else ""
-      rows.append([dataset, metric, stat(rs, metric), stat(other, metric), diff, t])
-  return table(["held-out", "metric", first, second, "difference", "Welch t"], rows)
+    pairs = seed_pairs(rs, other)
+    if len(pairs) < 2:
+      continue
+    for metric in ["map_at_r", "precision_at_1", *one_shot_metrics(rs[0])]:
+      a = [x["metrics"][metric] for x, _ in pairs]
+      b = [y["metrics"][metric] for _, y in pairs]
+      diff, low, high = paired_difference(a, b)
+      verdict = "no measurable difference"
+      if low > 0 or high < 0:
+        verdict = f"{first if low > 0 else second} ahead"
+      rows.append(
+        [
+          dataset,
+          metric,
+          str(len(pairs)),
+          f"{np.mean(a):.4f}",
+          f"{np.mean(b):.4f}",
+          f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]",
+          verdict,
+        ]
+      )
+  head = ["held-out", "metric", "seeds", first, second]
+  return table([*head, "difference, 95 % interval", "the interval says"], rows)
 
 
-def compare(runs, out: pathlib.Path) -> str:
+def setting(config) -> str:
+  """The options a run set on its loss (loss_kwargs, loss_init), or 'default'."""
+  options = {**config.get("loss_kwargs", {}), **config.get("loss_init", {})}
+  return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "default"
+
+
+def validation(runs) -> str:
+  """The validation runs: each setting's metrics on the held-out training alphabets
+  (classes); bold: the best MAP@R of each loss, the setting the test runs use."""
+  rows = []
+  for (dataset, loss), rs in group(runs, ("dataset", "loss")).items():
+    best = max(r["metrics"]["map_at_r"] for r in rs)
+    for r in sorted(rs, key=lambda r: setting(r["config"])):
+      chosen = r["metrics"]["map_at_r"] == best
+      cells = pair_cells([r], lambda rs, m: f"{rs[0]['metrics'][m]:.4f}")
+      name = f"**{setting(r['config'])}**" if chosen else setting(r["config"])
+      rows.append([dataset, loss, name, str(r["config"]["seed"]), *cells])
+  head = ["training set", "loss", "setting", "seed", *PAIR_HEAD[:3]]
+  return table(head, [row[: len(head)] for row in rows])
+
+
+def paired(runs) -> list[str]:
+  """The pair losses on one backend, seed for seed: contrastive against
+  log-likelihood, then every variant beside the contrastive loss."""
+  groups = group(runs, ("dataset", "loss"))
+  parts = [
+    "### Contrastive against log-likelihood, seed for seed",
+    head_to_head(groups, "contrastive", "log_likelihood"),
+  ]
+  rows = []
+  for (dataset, loss), rs in sorted(
+    groups.items(), key=lambda g: (g[0][0], g[0][1] != "contrastive", g[0][1])
+  ):
+    cells = pair_cells(rs, lambda rs, m: stat(rs, m, digits=4))
+    common = seed_pairs(rs, groups.get((dataset, "contrastive"), []))
+    versus = ""
+    if loss != "contrastive" and len(common) > 1:
+      diff, low, high = paired_difference(
+        [r["metrics"]["map_at_r"] for r, _ in common],
+        [c["metrics"]["map_at_r"] for _, c in common],
+      )
+      versus = f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
+    rows.append([dataset, loss, setting(rs[0]["config"]), str(len(rs)), *cells, versus])
+  head = ["held-out", "loss", "setting", "seeds", *PAIR_HEAD]
+  parts += [
+    "### Every pair loss (mean ± sample std over seeds; MAP@R minus the contrastive "
+    "loss's, seed for seed, with its 95 % interval)",
+    table([*head, "MAP@R − contrastive"], rows),
+    machine_line(runs),
+  ]
+  return parts
+
+
+def compare(runs, out: pathlib.Path, paired_runs=(), validation_runs=()) -> str:
   folder = out.with_suffix("")
+  parts = []
+  if validation_runs:
+    parts += ["### Validation: the settings tried", validation(validation_runs)]
+  if paired_runs:
+    parts += paired(paired_runs)
   groups = group(runs, ("dataset", "loss"))
   order = list(registry.LOSSES)
-  parts = [
-    "### Contrastive against log-likelihood",
+  parts += [
+    "### Contrastive against log-likelihood (the ten-loss runs)",
     head_to_head(groups, "contrastive", "log_likelihood"),
   ]
   chart = {}
@@ -279,10 +386,17 @@ def main(argv=None) -> None:
   parser.add_argument("kind", choices=["oneshot", "compare"])
   parser.add_argument("runs", nargs="+", help="folders of sweep runs")
   parser.add_argument("--out", required=True, help="the results Markdown file")
+  parser.add_argument("--paired", nargs="*", default=[], help="compare: pair losses")
+  parser.add_argument("--validation", nargs="*", default=[], help="compare: settings")
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out)
   runs = load_runs(args.runs)
-  body = (oneshot if args.kind == "oneshot" else compare)(runs, out)
+  if args.kind == "oneshot":
+    body = oneshot(runs, out)
+  else:
+    paired_runs = load_runs(args.paired) if args.paired else []
+    validation_runs = load_runs(args.validation) if args.validation else []
+    body = compare(runs, out, paired_runs, validation_runs)
   command = "python experiments/report.py " + " ".join(
     argv if argv is not None else sys.argv[1:]
   )

@@ -37,6 +37,7 @@ import ast
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import json
 import os
 import pathlib
@@ -87,6 +88,7 @@ SMOKE = dict(
 # change without the file naming it.
 DEFAULTS = dict(
   loss_kwargs={},  # keyword options of the loss: --set loss_kwargs.temperature=0.05
+  loss_init={},  # options of its learnable arrays' initial values: loss_init.scale=10
   miner=None,  # a metriclearn.miners function name (its mask goes to the loss)
   miner_kwargs={},
   optimizer="adamw",  # 'adamw', 'adam', 'sgd' (momentum 0.9), 'lamb'
@@ -107,6 +109,7 @@ DEFAULTS = dict(
   image_size=None,  # Omniglot's size (None: 28, the bundled pack)
   train_split="background",
   validation_groups=5,  # holdout=validation: groups (alphabets) held out
+  validation_classes=None,  # ... or classes, without groups (None: max(2, a fifth))
   same_alphabet=False,  # pair sampler: negatives from the same group
   batch_by_group=False,  # balanced sampler: a batch's classes from one group
   ways=20,  # one-shot episodes: classes per episode
@@ -222,8 +225,9 @@ def _classes(ds: data.ImageDataset, classes) -> data.ImageDataset:
 
 def validation_split(train: data.ImageDataset, config: dict):
   """Holds out ``validation_groups`` whole groups (Omniglot: alphabets; without
-  groups, a fifth of the classes) of the training split, always the same ones (a
-  permutation of seed 0, whatever the run's seed): (train, validation)."""
+  groups, ``validation_classes`` classes, default a fifth and at least 2, so that
+  retrieval has something to tell apart) of the training split, always the same ones
+  (a permutation of seed 0, whatever the run's seed): (train, validation)."""
   rng = np.random.default_rng(0)
   if train.groups is not None:
     groups = np.unique(train.groups)
@@ -231,7 +235,13 @@ def validation_split(train: data.ImageDataset, config: dict):
     mask = np.isin(train.groups, held)
   else:
     classes = np.unique(train.labels)
-    held = rng.permutation(classes)[: max(1, len(classes) // 5)]
+    count = config.get("validation_classes") or max(2, len(classes) // 5)
+    if not 2 <= count < len(classes):
+      raise ValueError(
+        f"validation_classes must be in [2, {len(classes) - 1}] (the training split "
+        f"has {len(classes)} classes), got {count}."
+      )
+    held = rng.permutation(classes)[:count]
     mask = np.isin(train.labels, held)
   return train.take(np.flatnonzero(~mask)), train.take(np.flatnonzero(mask))
 
@@ -353,6 +363,19 @@ def with_miner(config: dict, spec: registry.LossSpec) -> registry.LossSpec:
     return spec.fn(embeddings, labels, mask=mask, **kwargs)
 
   return dataclasses.replace(spec, fn=mined)
+
+
+def loss_params(config: dict, spec: registry.LossSpec, key, num_classes: int) -> dict:
+  """The loss's learnable arrays, initialised with ``config['loss_init']``'s options."""
+  init = config.get("loss_init") or {}
+  options = list(inspect.signature(spec.params).parameters)[3:]
+  unknown = sorted(set(init) - set(options))
+  if unknown:
+    raise ValueError(
+      f"loss_init {unknown} not an option of loss {config['loss']!r}'s learnable "
+      f"arrays; it has {options or 'none'}."
+    )
+  return spec.params(key, num_classes, config["embedding_dim"], **init)
 
 
 def make_optimizer(config: dict) -> optax.GradientTransformation:
@@ -619,9 +642,7 @@ def train_and_evaluate(
     model,
     tx,
     example,
-    loss_params=spec.params(
-      jax.random.fold_in(key, 7), num_classes, config["embedding_dim"]
-    ),
+    loss_params=loss_params(config, spec, jax.random.fold_in(key, 7), num_classes),
   )
   step = training.make_train_step(
     model, spec.fn, kind=spec.kind, reduction=spec.reduction

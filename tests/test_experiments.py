@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import nbformat
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
+import registry  # noqa: E402
 import search  # noqa: E402
 import train  # noqa: E402
 
@@ -242,7 +245,7 @@ def test_report_tables_from_runs(tmp_path):
   runs = tmp_path / "runs"
   base = {"dataset": "mnist", "image_size": 28, "embedding_dim": 64, "steps": 10}
   base.update(batch_size=120, samples_per_class=24, learning_rate=1e-3, max_test=50)
-  fake = [("contrastive", (0.4, 0.6)), ("log_likelihood", (0.3, 0.5))]
+  fake = [("contrastive", (0.4, 0.6)), ("log_likelihood", (0.3, 0.55))]
   for loss, values in [*fake, ("supcon", (0.7, 0.7))]:
     for seed, v in enumerate(values):
       metrics = dict.fromkeys(["map_at_r", "r_precision", "precision_at_1"], v)
@@ -257,8 +260,10 @@ def test_report_tables_from_runs(tmp_path):
   # contrastive: mean 0.5, sample std sqrt(2 * 0.1^2 / 1) = 0.141; supcon best, bold
   assert "| contrastive | pair | 2 | 0.500 ± 0.141 |" in text
   assert "| supcon | batch | 2 | **0.700 ± 0.000** |" in text
-  # head to head: difference 0.1, Welch t = 0.1 / sqrt(0.02 / 2 + 0.02 / 2) = 0.7
-  assert "| mnist | map_at_r | 0.500 ± 0.141 | 0.400 ± 0.141 | +0.100 | 0.7 |" in text
+  # seed for seed: differences 0.1, 0.05: mean 0.075, sd 0.05 / sqrt(2) = 0.03536,
+  # t(0.975, 1) = 12.706: 0.075 -+ 12.706 * 0.03536 / sqrt(2) = [-0.2427, +0.3927]
+  row = "| mnist | map_at_r | 2 | 0.5000 | 0.4250 | +0.0750 [-0.2427, +0.3927] |"
+  assert f"{row} no measurable difference |" in text
   assert (out.parent / "comparison" / "map_at_r.png").stat().st_size > 1000
 
 
@@ -278,3 +283,85 @@ def test_report_puts_official_accuracy_beside_lake(tmp_path):
   lines = text.splitlines()
   ours = next(i for i, x in enumerate(lines) if "94.0 ± 1.4" in x)
   assert lines[ours + 1].startswith("| background | deep siamese convnet")
+
+
+def test_report_pairs_seeds_and_marks_the_validation_choice(tmp_path):
+  base = {"dataset": "omniglot", "loss_kwargs": {}, "loss_init": {}, "steps": 10}
+  base.update(image_size=28, embedding_dim=64, batch_size=128, samples_per_class=4)
+  base.update(learning_rate=1e-3, max_test=50)
+  more = dict.fromkeys(
+    ["r_precision", "20way_within_alphabet", "official_20way_one_shot"]
+  )
+  paired, val = tmp_path / "paired", tmp_path / "val"
+  values = {  # MAP@R, P@1 of seeds 0, 1, 2
+    "contrastive": ((0.50, 0.52, 0.55), (0.70, 0.72, 0.74)),
+    "log_likelihood": ((0.49, 0.49, 0.53), (0.68, 0.69, 0.70)),
+    "literal_sigmoid": ((0.40, 0.41, 0.45), (0.6, 0.6, 0.6)),
+  }
+  for loss, (maps, p1s) in values.items():
+    for seed, (m, p1) in enumerate(zip(maps, p1s, strict=True)):
+      metrics = {"map_at_r": m, "precision_at_1": p1, "20way_one_shot": 0.5}
+      metrics.update({k: 0.5 for k in more})
+      config = {**base, "loss": loss, "seed": seed}
+      _fake_run(paired, f"{loss}_s{seed}", config, metrics)
+  for margin, m in [(0.5, 0.3), (1.0, 0.4)]:
+    config = {
+      **base,
+      "loss": "contrastive",
+      "seed": 0,
+      "loss_kwargs": {"margin": margin},
+    }
+    metrics = {"map_at_r": m, "precision_at_1": m, "20way_one_shot": m}
+    _fake_run(val, f"margin={margin}_s0", config, metrics)
+  out = tmp_path / "comparison.md"
+  args = [str(paired), "--paired", str(paired), "--validation", str(val)]
+  report.main(["compare", *args, "--out", str(out)])
+  text = out.read_text()
+  # MAP@R differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, t(0.975, 2) = 4.3027,
+  # half width 4.3027 * 0.01 / sqrt(3) = 0.02484: [-0.0048, +0.0448], contains 0
+  row = "| omniglot | map_at_r | 3 | 0.5233 | 0.5033 | +0.0200 [-0.0048, +0.0448] |"
+  assert f"{row} no measurable difference |" in text
+  # P@1 differences 0.02, 0.03, 0.04: mean 0.03, the same half width: [+0.0052, +0.0548]
+  row = (
+    "| omniglot | precision_at_1 | 3 | 0.7200 | 0.6900 | +0.0300 [+0.0052, +0.0548] |"
+  )
+  assert f"{row} contrastive ahead |" in text
+  # literal against contrastive: -0.10, -0.11, -0.10: mean -0.10333, sd 0.005774,
+  # half 4.3027 * 0.005774 / sqrt(3) = 0.01434: [-0.1177, -0.0890]
+  cells = "| 0.4200 ± 0.0265 | 0.6000 ± 0.0000 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 |"
+  assert f"| literal_sigmoid | default | 3 {cells} -0.1033 [-0.1177, -0.0890] |" in text
+  # validation: the better MAP@R (margin 1.0, 0.4) in bold, the other not
+  assert "| omniglot | contrastive | **margin=1.0** | 0 | 0.4000 |" in text
+  assert "| omniglot | contrastive | margin=0.5 | 0 | 0.3000 |" in text
+
+
+def test_pair_variants_and_loss_init_of_the_registry():
+  x1, x2 = jnp.zeros(2), jnp.array([0.3, 0.4])  # distance 0.5
+  literal = registry.get("literal_sigmoid").fn
+  # sigma(0.5) = 1 / (1 + e^-0.5) = 0.622459; dissimilar: 1 - 0.622459 = 0.377541
+  assert abs(float(literal(x1, x2, True)) - 0.622459) < 1e-6
+  assert abs(float(literal(x1, x2, False)) - 0.377541) < 1e-6
+  assert abs(float(literal(x1, x1, True)) - 0.5) < 1e-6  # the floor sigma(0)
+  hadsell = registry.get("contrastive_hadsell").fn
+  assert abs(float(hadsell(x1, x2, False)) - 0.125) < 1e-7  # 1/2 (1 - 0.5)^2
+  assert abs(float(hadsell(x1, x2, True)) - 0.125) < 1e-7  # 1/2 0.5^2
+  config = {"loss": "log_likelihood", "embedding_dim": 4, "loss_init": {"scale": 10.0}}
+  spec = registry.get("log_likelihood")
+  params = train.loss_params(config, spec, jax.random.PRNGKey(0), 3)
+  # s = 10, b = s * 0.5 (the default threshold) = 5
+  assert abs(float(params["log_scale"]) - np.log(10.0)) < 1e-6
+  assert float(params["bias"]) == 5.0
+  with pytest.raises(ValueError, match=r"loss_init \['margin'\] not an option"):
+    train.loss_params({**config, "loss_init": {"margin": 1}}, spec, None, 3)
+  with pytest.raises(ValueError, match="loss_init.scale and loss_init.threshold"):
+    train.loss_params({**config, "loss_init": {"scale": -1.0}}, spec, None, 3)
+
+
+def test_validation_holds_out_classes_without_groups():
+  config = {"dataset": "digits", "holdout": "validation"}
+  train_part, held, _ = train.load_data(config)
+  # digits 0-4 train the test run; max(2, 5 // 5) = 2 of them are held out here
+  assert len(np.unique(held.labels)) == 2 and len(np.unique(train_part.labels)) == 3
+  assert not set(np.unique(held.labels)) & set(np.unique(train_part.labels))
+  with pytest.raises(ValueError, match=r"validation_classes must be in \[2, 4\]"):
+    train.load_data({**config, "validation_classes": 5})

@@ -3,8 +3,11 @@
 Command:  python experiments/train.py --config experiments/configs/compare.py \
               --set loss=<name> --set dataset=<omniglot|mnist> --seed <0|1|2>
           names: contrastive, log_likelihood, koch_l1, triplet, npair, ntxent, supcon,
-          multi_similarity, arcface, softmax (experiments/registry.py)
+          multi_similarity, arcface, softmax; the pair-loss variants
+          contrastive_hadsell, literal_sigmoid (experiments/registry.py)
           MNIST (5 training digits): add --set batch_size=120 --set samples_per_class=24
+          a loss's setting: --set loss_kwargs.margin=0.5, --set loss_init.scale=10.0
+          choosing it: --set holdout=validation (held-out training classes)
 Same budget: every loss encodes batch_size images a step (pair losses: batch_size / 2
 pairs), for the same number of steps, with the same encoder and optimizer.
 Expected: MAP@R, R-precision, P@1 and 20-way (MNIST: 5-way, only 5 held-out digits)
