@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from metriclearn import losses, miners
+from metriclearn import losses, miners, pairs
 
 
 def _batch(n=13, d=4, classes=3, seed=0, duplicate=True):
@@ -436,3 +436,51 @@ def test_auto_block_size_follows_the_benchmarked_thresholds(monkeypatch):
       want = value_and_grad(fn, e, labels)
       for g, w in zip(got, want, strict=True):
         assert_close(g, w, 1e-5, fn.__name__)
+
+
+def _np_arg_best(values, mask, largest):
+  """The smallest candidate index attaining the masked min (max) of each row: a plain
+  loop; +inf for an empty row, NaN where a masked value is NaN."""
+  out = []
+  for row, keep in zip(values, mask, strict=True):
+    cand = [(v, c) for c, (v, k) in enumerate(zip(row, keep, strict=True)) if k]
+    if not cand:
+      out.append(np.inf)
+    elif any(np.isnan(v) for v, _ in cand):
+      out.append(np.nan)
+    else:
+      best = max(v for v, _ in cand) if largest else min(v for v, _ in cand)
+      out.append(min(c for v, c in cand if v == best))
+  return np.array(out)
+
+
+def test_argmin_and_argmax_statistics_name_the_first_extreme():
+  """'argmin' / 'argmax' over the negatives / positives of integer points (exact ties
+  in the squared distances), dense and blockwise (symmetric square blocks, unequal
+  blocks): the smallest index among ties, +inf for an anchor with none, NaN where a
+  distance is NaN."""
+  rng = np.random.default_rng(3)
+  e = rng.integers(-2, 3, size=(14, 2)).astype(np.float32)
+  labels = rng.integers(0, 3, size=14).astype(np.int32)
+  labels[5] = 7  # a class of one: no positive
+  labels[9] = -1  # padding: neither
+  passes = (
+    losses.Pass(lambda b: [(b.s, b.negative), (b.s, b.positive)], ("argmin", "argmax")),
+  )
+  sq = lambda a, c: jnp.sum((a[:, None] - c[None]) ** 2, -1)  # noqa: E731
+  for x in (e, np.where(np.arange(14)[:, None] == 3, np.nan, e)):
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    same = labels[:, None] == labels[None]
+    real = (labels[:, None] >= 0) & (labels[None] >= 0)
+    off = ~np.eye(14, dtype=bool)
+    want_neg = _np_arg_best(d, ~same & real, largest=False)
+    want_pos = _np_arg_best(d, same & real & off, largest=True)
+    masked = np.where(~same & real, d, np.inf)
+    tied = (masked == masked.min(1, keepdims=True)) & np.isfinite(masked)
+    assert (tied.sum(1) > 1).sum() >= 3  # the first index among ties is tested
+    for block in (None, 5, (4, 7)):
+      rel = pairs.resolve(jnp.asarray(x), jnp.asarray(labels), block_size=block)
+      ((neg, pos),) = losses.pair_statistics(rel, passes, sq)
+      np.testing.assert_array_equal(np.asarray(neg), want_neg, err_msg=f"{block}")
+      np.testing.assert_array_equal(np.asarray(pos), want_pos, err_msg=f"{block}")
+  assert np.isinf(want_neg[9]) and np.isinf(want_pos[5]) and np.isnan(want_neg[3])

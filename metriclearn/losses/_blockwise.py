@@ -31,7 +31,8 @@ import numpy as np
 
 from metriclearn import masks, pairs
 
-KINDS = ("sum", "lse", "max", "min", "smallest")
+KINDS = ("sum", "lse", "max", "min", "smallest", "argmin", "argmax")
+NO_GRADIENT = ("smallest", "argmin", "argmax")
 
 
 class Block(NamedTuple):
@@ -64,13 +65,16 @@ class Pass:
   ``terms`` returns one ``(values, mask)`` per statistic, ``[ba, bc]`` (a statistic
   ``[n]``) or ``[ba, k, bc]`` (a statistic ``[n, k]``); ``kinds`` says how each is
   reduced over the candidates in ``mask``: ``'sum'``, ``'lse'`` (0 where the mask is
-  empty), ``'max'`` / ``'min'`` (-inf / +inf where empty) or ``'smallest'`` (the
-  ``slots`` smallest of ``[ba, bc]`` values, ascending, +inf past the last; no
-  gradient). ``prev_grad``: the indices of the earlier statistics whose influence on
-  this pass is differentiated ('sum' and 'lse' statistics only; a slot statistic may
-  depend only on the same slot of an earlier one). ``positive_only``: every mask lies
-  within ``block.positive`` (the blockwise executor then skips blocks that hold no
-  positive pair, when it knows them).
+  empty), ``'max'`` / ``'min'`` (-inf / +inf where empty), ``'smallest'`` (the ``slots``
+  smallest of ``[ba, bc]`` values, ascending, +inf past the last) or ``'argmin'`` /
+  ``'argmax'`` (the candidate index ``c_index`` of the smallest / largest value, the
+  smallest index among ties, as a float; +inf where empty); the last three have no
+  gradient (an argmin's distance is recomputed from the rows it names, so its gradient
+  costs O(n k d), not a sweep). ``prev_grad``: the indices of the earlier statistics
+  whose influence on this pass is differentiated ('sum' and 'lse' statistics only; a
+  slot statistic may depend only on the same slot of an earlier one). ``positive_only``:
+  every mask lies within ``block.positive`` (the blockwise executor then skips blocks
+  that hold no positive pair, when it knows them).
   """
 
   terms: TermFn
@@ -169,7 +173,8 @@ def round_up(x: int, b: int) -> int:
 
 
 # Running statistics, each of shape [rows, ...]. State per statistic: 'sum' (acc,
-# jac), 'lse' (max, sumexp, jac), 'max' / 'min' (value, ties), 'smallest' (values,).
+# jac), 'lse' (max, sumexp, jac), 'max' / 'min' (value, ties), 'smallest' (values,),
+# 'argmin' / 'argmax' (the value to minimise: v or -v, its index).
 # ``jac`` [rows, ..., p]: the derivative w.r.t. the differentiated earlier statistics.
 
 
@@ -184,10 +189,24 @@ def _init_stat(kind: str, shape: tuple[int, ...], p: int, dtype) -> tuple:
     return (jnp.full(shape, -jnp.inf, dtype), zeros)
   if kind == "min":
     return (jnp.full(shape, jnp.inf, dtype), zeros)
+  if kind in ("argmin", "argmax"):
+    return (jnp.full(shape, jnp.inf, dtype), jnp.full(shape, jnp.inf, dtype))
   return (jnp.full(shape, jnp.inf, dtype),)
 
 
-def _update_stat(kind: str, state: tuple, v, mask, dvs) -> tuple:
+def arg_best(kind: str, v, mask, c_index) -> tuple[jax.Array, jax.Array]:
+  """(u, index): the smallest u = v ('argmin') or -v ('argmax') over the masked last
+  axis, and the smallest candidate index that attains it (+inf where empty, NaN where
+  a NaN value is in the mask)."""
+  u = jnp.where(mask, v if kind == "argmin" else -v, jnp.inf)
+  best = jnp.min(u, axis=-1)
+  index = jnp.broadcast_to(c_index.astype(v.dtype), v.shape)
+  hit = mask & (u == best[..., None])
+  index = jnp.min(jnp.where(hit, index, jnp.inf), axis=-1)
+  return best, jnp.where(jnp.isnan(best), jnp.nan, index)
+
+
+def _update_stat(kind: str, state: tuple, v, mask, dvs, c_index) -> tuple:
   def jac_sum(weights):
     cols = [jnp.sum(jnp.where(mask, weights * dv, 0.0), axis=-1) for dv in dvs]
     return jnp.stack(cols, axis=-1) if cols else state[-1]
@@ -212,6 +231,12 @@ def _update_stat(kind: str, state: tuple, v, mask, dvs) -> tuple:
     (old,) = state
     both = jnp.concatenate([old, jnp.where(mask, v, jnp.inf)], axis=-1)
     return (smallest(both, old.shape[-1]),)
+  if kind in ("argmin", "argmax"):  # ties: the smallest index, whatever the order
+    old, old_index = state
+    best, index = arg_best(kind, v, mask, c_index)
+    tie = jnp.where(best == old, jnp.minimum(index, old_index), old_index)
+    new = jnp.minimum(old, best)  # NaN stays NaN, and so does its index
+    return (new, jnp.where(jnp.isnan(new), jnp.nan, jnp.where(best < old, index, tie)))
   # max / min: the value and how many entries attain it (ties share the gradient).
   old, count = state
   sign = 1.0 if kind == "max" else -1.0
@@ -224,7 +249,7 @@ def _update_stat(kind: str, state: tuple, v, mask, dvs) -> tuple:
 
 def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, Any]:
   """(value, extra): 'sum' / 'lse': the jacobian w.r.t. the differentiated earlier
-  statistics; 'max' / 'min': the number of ties; 'smallest': None."""
+  statistics; 'max' / 'min': the number of ties; 'smallest', 'arg*': None."""
   if kind == "sum":
     return state[0], state[1]
   if kind == "lse":
@@ -234,6 +259,8 @@ def _final_stat(kind: str, state: tuple) -> tuple[jax.Array, Any]:
     return jnp.where(has, mx + jnp.log(safe), 0.0), jac / safe[..., None]
   if kind == "smallest":
     return jax.lax.stop_gradient(state[0]), None
+  if kind in ("argmin", "argmax"):
+    return jax.lax.stop_gradient(state[1]), None
   return state
 
 
@@ -317,7 +344,7 @@ def _update_block(ps: Pass, states: tuple, blk: Block) -> tuple:
     term_masks = [msk for _, msk in terms]
     dvs = [[] for _ in vals]
   return tuple(
-    _update_stat(kind, st, v, msk, dv)
+    _update_stat(kind, st, v, msk, dv, blk.c_index)
     for kind, st, v, msk, dv in zip(
       ps.kinds, states, vals, term_masks, dvs, strict=True
     )
@@ -518,7 +545,7 @@ def _block_grads(cfg, stats, extras, cts, blk: Block, s, params, i0, active=None
       b = blk._replace(s=s, params=prm, a_aux=a_aux, c_aux=c_aux, prev=prev)
       terms = zip(ps.terms(b), ps.kinds, st, ex, ct, strict=True)
       for (v, msk), kind, value, extra, g in terms:
-        if kind == "smallest":
+        if kind in NO_GRADIENT:
           continue
         g = _slice_rows(g, i0, ba)[..., None]
         vs = jax.lax.stop_gradient(v)

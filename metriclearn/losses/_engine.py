@@ -1,15 +1,16 @@
 r"""The two executors of every in-batch loss: dense, and blockwise (also over a ring).
 
-An in-batch loss is written once, in its family module, as one or more :class:`Pass`
-es: each a function of a :class:`Block` (a similarity or distance block ``s`` between
-anchors and candidates, with the pair masks) that returns ``(values, mask)`` terms, and
-for each term how it is reduced over the candidates: ``'sum'``, ``'lse'``
-(log-sum-exp), ``'max'``, ``'min'`` or ``'smallest'`` (the ``slots`` smallest values,
-e.g. the indices of the first positives; no gradient). A later pass sees the earlier
-passes' per-anchor statistics (``block.prev``), and a term may carry a slot axis
-(values ``[ba, k, bc]``, statistics ``[n, k]``: one per (anchor, positive) pair, as the
-semi-hard and the bounded batch-all triplet losses need). The loss then combines the
-statistics per anchor. :func:`pair_statistics` runs the passes
+An in-batch loss is written once, in its family module, as one or more passes
+(:class:`Pass`): each a function of a :class:`Block` (a similarity or distance block
+``s`` between anchors and candidates, with the pair masks) that returns ``(values,
+mask)`` terms, and for each term how it is reduced over the candidates: ``'sum'``,
+``'lse'`` (log-sum-exp), ``'max'``, ``'min'``, ``'smallest'`` (the ``slots`` smallest
+values, e.g. the indices of the first positives) or ``'argmin'`` / ``'argmax'`` (the
+index of the candidate that attains the extreme); the last three have no gradient. A
+later pass sees the earlier passes' per-anchor statistics (``block.prev``), and a term
+may carry a slot axis (values ``[ba, k, bc]``, statistics ``[n, k]``: one per (anchor,
+positive) pair, as the semi-hard and the bounded batch-all triplet losses need). The
+loss then combines the statistics per anchor. :func:`pair_statistics` runs the passes
 
 * **dense** (``rel.block_size`` None): the whole ``[n, M]`` matrix at once, ordinary
   autodiff: fastest where it fits;
@@ -142,7 +143,7 @@ SYMMETRIC = (
 # Dense: the whole matrix, ordinary autodiff.
 
 
-def _dense_stat(kind: str, v: jax.Array, mask: jax.Array, slots: int) -> jax.Array:
+def _dense_stat(kind: str, v, mask, slots: int, c_index) -> jax.Array:
   if kind == "sum":
     return jnp.sum(jnp.where(mask, v, 0.0), axis=-1)
   if kind == "lse":
@@ -156,6 +157,8 @@ def _dense_stat(kind: str, v: jax.Array, mask: jax.Array, slots: int) -> jax.Arr
     return jnp.max(jnp.where(mask, v, -jnp.inf), axis=-1)
   if kind == "min":
     return jnp.min(jnp.where(mask, v, jnp.inf), axis=-1)
+  if kind in ("argmin", "argmax"):
+    return jax.lax.stop_gradient(_blockwise.arg_best(kind, v, mask, c_index)[1])
   return jax.lax.stop_gradient(_blockwise.smallest(jnp.where(mask, v, jnp.inf), slots))
 
 
@@ -180,7 +183,7 @@ def _dense(rel: pairs.Relation, passes, sim_fn, params, consts, a_aux, c_aux):
     terms = ps.terms(blk)
     stats.append(
       tuple(
-        _dense_stat(kind, v, msk, ps.slots)
+        _dense_stat(kind, v, msk, ps.slots, c_index)
         for (v, msk), kind in zip(terms, ps.kinds, strict=True)
       )
     )

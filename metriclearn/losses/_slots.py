@@ -29,6 +29,7 @@ __all__ = [
   "by_slots",
   "candidate_rows",
   "candidates",
+  "distances_at",
   "fallback_rows",
   "first_positive_rows",
   "max_positives",
@@ -151,6 +152,20 @@ def candidate_rows(rel: pairs.Relation, index: jax.Array) -> jax.Array:
   return out
 
 
+def _to_rows(dist_fn, anchors: jax.Array, rows: jax.Array) -> jax.Array:
+  """``dist_fn`` from each anchor [n, d] to its own rows [n, k, d]: [n, k]."""
+  return jax.vmap(lambda a, r: dist_fn(a[None], r)[0])(anchors, rows)
+
+
+def distances_at(rel: pairs.Relation, dist_fn, index: jax.Array) -> jax.Array:
+  """``dist_fn`` from each anchor to the candidates at ``index`` [n, k] (a slot index
+  or an ``'argmin'`` statistic; 0 where +inf, NaN where NaN): [n, k], differentiable
+  in the anchors and those candidates (O(n k d))."""
+  found = jnp.isfinite(index)
+  d = _to_rows(dist_fn, rel.anchors, candidate_rows(rel, jnp.where(found, index, 0.0)))
+  return jnp.where(jnp.isnan(index), jnp.nan, jnp.where(found, d, 0.0))
+
+
 def first_positive_rows(rel: pairs.Relation, k: int) -> tuple[jax.Array, jax.Array]:
   """The first ``k`` positives of each anchor (the slots of the bounded forms):
   ``(valid [n, k] bool, their embeddings [n, k, d], zeros past the last)``."""
@@ -195,8 +210,7 @@ def by_slots(rel, k: int, dist_fn, last: Pass, margin, swap: bool = False):
     slot, n_pos, n_neg = sorted_slots(rel, k)
     valid = jnp.isfinite(slot)
     rows = candidate_rows(rel, jnp.where(valid, slot, 0.0))
-    d_ap = jax.vmap(lambda a, r: dist_fn(a[None], r)[0])(rel.anchors, rows)
-    d_ap = jnp.where(valid, d_ap, 0.0)
+    d_ap = jnp.where(valid, _to_rows(dist_fn, rel.anchors, rows), 0.0)
     # d_ap is a constant in ``last`` unless it asks for its gradient (statistic 3)
     seen = d_ap if 3 in last.prev_grad else jax.lax.stop_gradient(d_ap)
     (stats,) = _engine.pair_statistics(

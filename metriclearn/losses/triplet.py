@@ -534,9 +534,11 @@ def semi_hard_triplet_loss(
     batch (``margin=1.0`` and the squared distance are its defaults).
 
   How it is computed (the same values and gradients): with ``max_positives=k``, the
-  first k positives of each anchor are slots and a pass finds each slot's semi-hard
-  negative (a minimum over the negatives farther than the slot's positive): O(n m k),
-  dense or blockwise (``block_size``, ``ring``); a batch in which an anchor has more
+  first k positives of each anchor are slots and a pass finds which negative is each
+  slot's semi-hard one (an ``'argmin'`` over the negatives farther than the slot's
+  positive, no gradient): O(n m k), dense or blockwise (``block_size``, ``ring``);
+  its distance is then recomputed from the two rows, so the backward pass costs
+  O(n k d), not a second sweep; a batch in which an anchor has more
   than k positives falls back to the exact form (over a ring: NaN for that anchor).
   Without it, each row's negatives are sorted once (O(n m log m)), all rows at once,
   or ``block_size`` rows at a time (memory block x m).
@@ -584,14 +586,14 @@ def semi_hard_triplet_loss(
   dist_fn = distances.distance_fn(distance, squared)
   m = jnp.asarray(margin).astype(rel.anchors.dtype)
 
-  def bounded():
-    last = Pass(_semi_hard_terms, ("min", "max"))
-    valid, n_pos, n_neg, d_ap, (farther, far) = _slots.by_slots(
+  def bounded():  # which negative in the pass, its distance from its row
+    last = Pass(_semi_hard_terms, ("argmin", "argmax"))
+    valid, n_pos, n_neg, d_ap, (closest, farthest) = _slots.by_slots(
       rel, k, dist_fn, last, m
     )
     has_neg = n_neg > 0
-    d_an = jnp.where(jnp.isfinite(farther), farther, far[:, None])
-    d_an = jnp.where(has_neg[:, None], d_an, 0.0)
+    index = jnp.where(jnp.isinf(closest), farthest[:, None], closest)
+    d_an = jnp.where(has_neg[:, None], _slots.distances_at(rel, dist_fn, index), 0.0)
     valid &= has_neg[:, None]
     loss = triplet_formula(d_ap, d_an, m, soft)
     total = jnp.sum(jnp.where(valid, loss, 0.0), axis=1)
