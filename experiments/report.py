@@ -254,10 +254,14 @@ def head_to_head(groups, first: str, second: str) -> str:
   return table([*head, "difference, 95 % interval", "the interval says"], rows)
 
 
-def setting(config) -> str:
-  """The options a run set on its loss (loss_kwargs, loss_init), or 'default'."""
+def loss_options(config) -> list[tuple[str, object]]:
+  """The options a run set on its loss (loss_kwargs, loss_init), sorted."""
   options = {**config.get("loss_kwargs", {}), **config.get("loss_init", {})}
-  return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "default"
+  return sorted(options.items())
+
+
+def setting(config) -> str:
+  return ", ".join(f"{k}={v}" for k, v in loss_options(config)) or "default"
 
 
 def validation(runs) -> str:
@@ -266,13 +270,18 @@ def validation(runs) -> str:
   rows = []
   for (dataset, loss), rs in group(runs, ("dataset", "loss")).items():
     best = max(r["metrics"]["map_at_r"] for r in rs)
-    for r in sorted(rs, key=lambda r: setting(r["config"])):
+    for r in sorted(rs, key=lambda r: loss_options(r["config"])):
       chosen = r["metrics"]["map_at_r"] == best
       cells = pair_cells([r], lambda rs, m: f"{rs[0]['metrics'][m]:.4f}")
       name = f"**{setting(r['config'])}**" if chosen else setting(r["config"])
       rows.append([dataset, loss, name, str(r["config"]["seed"]), *cells])
   head = ["training set", "loss", "setting", "seed", *PAIR_HEAD[:3]]
-  return table(head, [row[: len(head)] for row in rows])
+  caption = (
+    "Each setting once (the seed in the table), on classes held out of the training "
+    "set (`holdout=validation`); bold: each loss's best MAP@R, the setting of its "
+    "test runs."
+  )
+  return caption + "\n\n" + table(head, [row[: len(head)] for row in rows])
 
 
 def paired(runs) -> list[str]:
