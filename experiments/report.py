@@ -198,6 +198,12 @@ def paired_difference(a, b) -> tuple[float, float, float]:
   return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
+def interval(a, b) -> tuple[str, float, float]:
+  """``paired_difference`` as the tables write it, with the interval's ends."""
+  diff, low, high = paired_difference(a, b)
+  return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]", low, high
+
+
 def seed_pairs(runs, other) -> list[tuple[dict, dict]]:
   """The runs of two groups with the same seed, side by side."""
   by_seed = {r["config"]["seed"]: r for r in other}
@@ -235,7 +241,7 @@ def head_to_head(groups, first: str, second: str) -> str:
     for metric in ["map_at_r", "precision_at_1", *one_shot_metrics(rs[0])]:
       a = [x["metrics"][metric] for x, _ in pairs]
       b = [y["metrics"][metric] for _, y in pairs]
-      diff, low, high = paired_difference(a, b)
+      text, low, high = interval(a, b)
       verdict = "no measurable difference"
       if low > 0 or high < 0:
         verdict = f"{first if low > 0 else second} ahead"
@@ -246,7 +252,7 @@ def head_to_head(groups, first: str, second: str) -> str:
           str(len(pairs)),
           f"{np.mean(a):.4f}",
           f"{np.mean(b):.4f}",
-          f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]",
+          text,
           verdict,
         ]
       )
@@ -300,11 +306,10 @@ def paired(runs) -> list[str]:
     common = seed_pairs(rs, groups.get((dataset, "contrastive"), []))
     versus = ""
     if loss != "contrastive" and len(common) > 1:
-      diff, low, high = paired_difference(
+      versus = interval(
         [r["metrics"]["map_at_r"] for r, _ in common],
         [c["metrics"]["map_at_r"] for _, c in common],
-      )
-      versus = f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
+      )[0]
     rows.append([dataset, loss, setting(rs[0]["config"]), str(len(rs)), *cells, versus])
   head = ["held-out", "loss", "setting", "seeds", *PAIR_HEAD]
   parts += [
