@@ -1,15 +1,16 @@
 """Peak memory and time of one training step of a Conv-4 on n Omniglot-sized images
 (28 x 28, SupCon), the plain step against the GradCache step
 (``metriclearn.gradcache``: chunked embedding, the loss's gradient at the
-embeddings, chunked VJPs).
+embeddings, chunked VJPs) in its two loop forms.
 
   python benchmarks/gradcache.py --write benchmarks/gradcache.md
 
 Each (step, n) runs in its own process, so its peak resident memory (``ru_maxrss``)
 is its own: the first step (compilation) untimed, then the median of ``--repeats``
 steps. The images are random (memory and time do not depend on them), labels n/4
-classes x 4. Both steps use blockwise SupCon (``block_size=1024``) so that the n x n
-matrices never exist; the GradCache step embeds ``--chunk`` images at a time.
+classes x 4. Every step uses blockwise SupCon (``block_size=1024``) so that the n x n
+matrices never exist; the GradCache steps embed ``--chunk`` images at a time, with
+``loop='scan'`` (one jitted program) or ``loop='python'`` (a compiled call a chunk).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ import subprocess
 import sys
 import time
 
-from machine import machine  # benchmarks/machine.py (scripts run from benchmarks/)
+from machine import machine, write_generated  # benchmarks/machine.py
 
-SIZES = (4096, 16384, 65536)
+CASES = (
+  "plain:1024",
+  "plain:4096",
+  "scan:1024",
+  "python:1024",
+  "python:4096",
+  "python:16384",
+  "python:65536",
+)
 
 
 def case(mode: str, n: int, chunk: int, repeats: int) -> dict:
@@ -46,11 +55,13 @@ def case(mode: str, n: int, chunk: int, repeats: int) -> dict:
   if mode == "plain":
     step = training.make_train_step(model, loss)
   else:
-    step = gradcache.make_gradcache_step(model, loss, chunk_size=chunk)
+    chunk = min(chunk, n)
+    step = gradcache.make_gradcache_step(model, loss, chunk_size=chunk, loop=mode)
   state = training.create_train_state(
     jax.random.key(0), model, optax.adam(1e-3), batch["image"][:2]
   )
-  run = jax.jit(step, donate_argnums=0)
+  # a loop='python' step compiles (and donates) its parts itself
+  run = step if mode == "python" else jax.jit(step, donate_argnums=0)
   batch = jax.device_put(batch)
   times = []
   for i in range(repeats + 1):
@@ -72,10 +83,11 @@ def case(mode: str, n: int, chunk: int, repeats: int) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--case", help="internal: MODE:N in this process")
-  parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+  parser.add_argument(
+    "--cases", nargs="+", default=list(CASES), help="MODE:N, MODE plain/scan/python"
+  )
   parser.add_argument("--chunk", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=2)
-  parser.add_argument("--plain-max", type=int, default=16384, help="largest plain n")
   parser.add_argument("--timeout", type=float, default=1800.0)
   parser.add_argument("--write", help="a Markdown file for the results")
   args = parser.parse_args(argv)
@@ -86,44 +98,43 @@ def main(argv=None) -> int:
   lines = [f"Machine: {machine()}", ""]
   print(lines[0], flush=True)
   rows = []
-  for n in args.sizes:
-    for mode in ("plain", "gradcache"):
-      if mode == "plain" and n > args.plain_max:
-        rows.append(f"| {mode} | {n} | not run (over --plain-max) | |")
-        print(rows[-1], flush=True)
-        continue
-      cmd = [sys.executable, __file__, "--case", f"{mode}:{n}"]
-      cmd += ["--chunk", str(args.chunk), "--repeats", str(args.repeats)]
-      try:
-        out = subprocess.run(
-          cmd, capture_output=True, text=True, timeout=args.timeout, check=True
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(
-          f"| {mode} | {n} | {r['seconds']:.2f} s | {r['peak_gib']:.2f} GiB |"
-        )
-      except subprocess.CalledProcessError as e:
-        tail = (e.stderr or "").strip().splitlines()[-1:]
-        rows.append(f"| {mode} | {n} | failed: {' '.join(tail)[:80]} | |")
-      except subprocess.TimeoutExpired:
-        rows.append(f"| {mode} | {n} | over {args.timeout:.0f} s | |")
-      print(rows[-1], flush=True)
-  table = ["| step | n | time a step | peak memory |", "|---|---|---|---|", *rows]
+  for spec in args.cases:
+    mode, n = spec.split(":")
+    name = "plain" if mode == "plain" else f"GradCache, loop='{mode}'"
+    cmd = [sys.executable, __file__, "--case", spec]
+    cmd += ["--chunk", str(args.chunk), "--repeats", str(args.repeats)]
+    try:
+      out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=args.timeout, check=True
+      )
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      rows.append(
+        f"| {name} | {n} | {r['seconds']:.2f} s | {r['peak_gib']:.2f} GiB "
+        f"| {r['loss']:.5f} |"
+      )
+    except subprocess.CalledProcessError as e:
+      tail = (e.stderr or "").strip().splitlines()[-1:]
+      rows.append(f"| {name} | {n} | failed: {' '.join(tail)[:80]} | | |")
+    except subprocess.TimeoutExpired:
+      rows.append(f"| {name} | {n} | over {args.timeout:.0f} s | | |")
+    print(rows[-1], flush=True)
+  table = [
+    "| step | n | time a step | peak memory | loss (last step) |",
+    "|---|---|---|---|---|",
+    *rows,
+  ]
   if args.write:
     command = " ".join(["python", "benchmarks/gradcache.py", *(argv or sys.argv[1:])])
-    text = [
-      "# GradCache: a Conv-4 step on n images, plain against chunked",
-      "",
+    body = [
       __doc__.split("\n\n")[0].replace("\n", " "),
       "",
       f"Command: `{command}`",
       "",
       *lines,
       *table,
-      "",
     ]
-    with open(args.write, "w") as f:
-      f.write("\n".join(text))
+    title = "GradCache: a Conv-4 step on n images, plain against chunked"
+    write_generated(args.write, "\n".join(body), title)
   return 0
 
 

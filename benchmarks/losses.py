@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from machine import write_generated  # benchmarks/machine.py (run from benchmarks/)
+
 SIZES = (256, 1024, 4096, 16384, 65536)
 D = 128
 GIB = 2**30
@@ -445,9 +447,6 @@ def targets(results: dict) -> str:
   return "\n".join(lines)
 
 
-BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--case", help="internal: LOSS:FORM:N:REPEATS in this process")
@@ -527,14 +526,7 @@ def main(argv=None):
   )
   print(body, flush=True)
   if args.write:
-    text = open(args.write).read() if os.path.exists(args.write) else ""
-    generated = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-      text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END) :]
-    else:
-      text = f"# Loss benchmarks\n\n{generated}\n" + text
-    with open(args.write, "w") as f:
-      f.write(text)
+    write_generated(args.write, body, "Loss benchmarks")
 
 
 if __name__ == "__main__":

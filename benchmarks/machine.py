@@ -1,5 +1,5 @@
-"""The machine line every benchmark prints (CPU, cores, Python, JAX, backend, load) and
-the command line its results file names."""
+"""The machine line every benchmark prints (CPU, cores, Python, JAX, backend, load),
+the command line its results file names, and the writing of its generated part."""
 
 from __future__ import annotations
 
@@ -33,3 +33,19 @@ def command() -> str:
   """This run's command as typed, and the folder it ran in: for a results file."""
   typed = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
   return f"`{typed}` (run in {os.path.basename(os.getcwd())}/)"
+
+
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+
+
+def write_generated(path: str, body: str, title: str) -> None:
+  """Writes ``body`` between the markers of the results file at ``path``, keeping
+  the hand-written text around them (a new file: ``title`` above the markers)."""
+  text = open(path).read() if os.path.exists(path) else ""
+  generated = f"{BEGIN}\n{body}\n{END}"
+  if BEGIN in text and END in text:
+    text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END) :]
+  else:
+    text = f"# {title}\n\n{generated}\n" + text
+  with open(path, "w") as f:
+    f.write(text)
