@@ -497,9 +497,10 @@ def _pairs(labels, n, rng):
   )
 
 
-def _official(embed, runs) -> float:
-  """Lake's 20 official runs scored with ``embed`` (images -> embeddings)."""
-  flat = lambda x: _images(x.reshape(-1, *x.shape[2:]))
+def _official(embed, runs, prepare=_images) -> float:
+  """Lake's 20 official runs scored with ``embed`` (``prepare``'d images ->
+  embeddings)."""
+  flat = lambda x: prepare(x.reshape(-1, *x.shape[2:]))
   shape = (*runs.train_images.shape[:2], -1)
   tr = embed(flat(runs.train_images)).reshape(shape)
   te = embed(flat(runs.test_images)).reshape(shape)
@@ -525,12 +526,9 @@ def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
   return np.pad(images, pad)[:, 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
 
 
-def embedder(config, eval_step, state):
-  """images -> L2-normalised embeddings; with ``tta`` (test-time augmentation) the
-  normalised mean of the embeddings of the 9 one-pixel shifts of each image."""
-  embed = functools.partial(training.embed, eval_step, state, batch_size=512)
-  if not config.get("tta"):
-    return embed
+def tta_embedder(embed):
+  """``embed`` (images -> embeddings) made test-time augmented: the L2-normalised
+  mean of the embeddings of the 9 one-pixel shifts of each image."""
 
   def tta(images):
     views = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
@@ -538,6 +536,13 @@ def embedder(config, eval_step, state):
     return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
   return tta
+
+
+def embedder(config, eval_step, state):
+  """images -> L2-normalised embeddings; with ``tta`` (test-time augmentation)
+  :func:`tta_embedder` of them."""
+  embed = functools.partial(training.embed, eval_step, state, batch_size=512)
+  return tta_embedder(embed) if config.get("tta") else embed
 
 
 def evaluate(

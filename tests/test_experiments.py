@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
+import ensemble  # noqa: E402
 import registry  # noqa: E402
 import search  # noqa: E402
 import train  # noqa: E402
@@ -101,6 +102,37 @@ def test_search_script_draws_a_grid(main_job, tmp_path):
     workdir / "encoder", "omniglot", "evaluation", queries=4, k=3, out=out
   )
   assert p1 in (0.0, 0.25, 0.5, 0.75, 1.0) and out.stat().st_size > 1000
+
+
+def test_ensemble_scores_exported_encoders_as_their_runs_did(
+  main_job, tmp_path, monkeypatch
+):
+  # The loaded encoder, scored by ensemble.py, gives what train.py's own evaluation
+  # wrote; two copies of one encoder are that encoder (their concatenation / sqrt(2)
+  # has its distances); a member of other data is refused by key.
+  workdir, result = main_job
+  monkeypatch.delenv("METRICLEARN_DATA", raising=False)
+  monkeypatch.setattr(train, "data_root", lambda config: tmp_path / "nothing")
+  out = ensemble.main([str(workdir), str(workdir), "--out", str(tmp_path / "e.json")])
+  rows = {(r["encoder"], r["tta"]): r for r in out["rows"]}
+  tta = json.loads((workdir / "config.json").read_text())["tta"]  # as it was scored
+  alone, pair = rows[(workdir.name, tta)], rows[("ensemble of 2", tta)]
+  want = result["metrics"]
+  assert alone["official"] == pytest.approx(want["official_20way_one_shot"], abs=1e-9)
+  for key in ("precision_at_1", "map_at_r"):
+    assert alone[key] == pytest.approx(want[key], abs=1e-6), key
+    assert pair[key] == pytest.approx(alone[key], abs=1e-6), key
+  assert pair["official"] == alone["official"]
+  assert {tta for _, tta in rows} == {False, True}
+  saved = json.loads((tmp_path / "e.json").read_text())
+  assert saved["command"].startswith("python experiments/ensemble.py")
+  other = tmp_path / "other"
+  other.mkdir()
+  config = json.loads((workdir / "config.json").read_text())
+  (other / "config.json").write_text(json.dumps({**config, "image_size": 56}))
+  (other / "encoder").symlink_to(workdir / "encoder")
+  with pytest.raises(ValueError, match="differ in 'image_size'"):
+    ensemble.load_members([workdir, other])
 
 
 def test_digits_configuration_runs_with_smoke(tmp_path):
@@ -275,14 +307,49 @@ def test_report_puts_official_accuracy_beside_lake(tmp_path):
   for seed, acc in enumerate([0.93, 0.95]):
     metrics = {**dict.fromkeys(keys, 0.5), "official_20way_one_shot": acc}
     _fake_run(runs, f"s{seed}", {**config, "seed": seed}, metrics)
+
+  def row(encoder, tta, official, **extra):
+    return {"encoder": encoder, "tta": tta, "official": official, **extra}
+
+  held = dict(precision_at_1=0.5, map_at_r=0.25, **{"20way_within_alphabet": 0.75})
+  test = {
+    "holdout": "test",
+    "config": {"image_size": 28, "train_split": "background"},
+    "rows": [
+      row("s0", False, 0.90),
+      row("s1", False, 0.92),
+      row("ensemble of 2", False, 0.9575),
+      row("s0", True, 0.96),
+      row("s1", True, 0.96),
+      row("ensemble of 2", True, 0.98),
+    ],
+  }
+  validation = {"holdout": "validation", "command": "python ens", "rows": []}
+  validation["rows"] = [row("v0", True, None, **held)]
+  files = []
+  for name, result in [("test.json", test), ("val.json", validation)]:
+    files.append(tmp_path / name)
+    files[-1].write_text(json.dumps(result))
   out = tmp_path / "oneshot.md"
-  report.main(["oneshot", str(runs), "--out", str(out)])
+  args = ["--out", str(out), "--ensembles", *map(str, files)]
+  report.main(["oneshot", str(runs), *args])
   text = out.read_text()
-  # 93 and 95: mean 94.0, sample std sqrt(2 * 1^2) = 1.4; above Koch's 92.0
-  assert "**94.0 ± 1.4** | 2 seeds (93.0, 95.0) |" in text
+  # 93 and 95: mean 94.0, sample std sqrt(2 * 1^2) = 1.4; above Koch's 92.0;
+  # 400 trials at 0.94: 1.96 sqrt(0.94 * 0.06 / 400) = 1.96 * 0.01187 = 2.3 points
+  assert "**94.0 ± 1.4** | 2 seeds (93.0, 95.0); ±2.3 a score |" in text
   lines = text.splitlines()
   ours = next(i for i, x in enumerate(lines) if "94.0 ± 1.4" in x)
   assert lines[ours + 1].startswith("| background | deep siamese convnet")
+  # the ensemble file's rows: members 90 and 92 -> 91.0 ± 1.4, 400 trials at 0.91:
+  # 1.96 sqrt(0.91 * 0.09 / 400) = 2.8; the shifted ensemble's 98.0 (±1.96 sqrt(0.98
+  # * 0.02 / 400) = 1.4) sorts between ARC's 98.5 and BPL's 96.7
+  assert "**91.0 ± 1.4** | 2 seeds (90.0, 92.0); ±2.8 a score |" in text
+  shifted = next(i for i, x in enumerate(lines) if "**98.0**" in x)
+  assert "ensemble of 2 seeds, test-time shifts" in lines[shifted]
+  assert "| one score; ±1.4 |" in lines[shifted]
+  assert "ConvARC" in lines[shifted - 1] and "BPL" in lines[shifted + 1]
+  assert "**96.0 ± 0.0** | 2 seeds (96.0, 96.0)" in text
+  assert "| v0 | yes | 0.5000 | 0.2500 | 0.7500 |" in text
 
 
 def test_report_pairs_seeds_and_marks_the_validation_choice(tmp_path):
