@@ -334,21 +334,21 @@ def test_report_puts_official_accuracy_beside_lake(tmp_path):
   args = ["--out", str(out), "--ensembles", *map(str, files)]
   report.main(["oneshot", str(runs), *args])
   text = out.read_text()
-  # 93 and 95: mean 94.0, sample std sqrt(2 * 1^2) = 1.4; above Koch's 92.0;
+  # 93 and 95: mean 94.00, sample std sqrt(2 * 1^2) = 1.41; above Koch's 92.0;
   # 400 trials at 0.94: 1.96 sqrt(0.94 * 0.06 / 400) = 1.96 * 0.01187 = 2.3 points
-  assert "**94.0 ± 1.4** | 2 seeds (93.0, 95.0); ±2.3 a score |" in text
+  assert "**94.00 ± 1.41** | 2 seeds (93.00, 95.00); ±2.3 a score |" in text
   lines = text.splitlines()
-  ours = next(i for i, x in enumerate(lines) if "94.0 ± 1.4" in x)
+  ours = next(i for i, x in enumerate(lines) if "94.00 ± 1.41" in x)
   assert lines[ours + 1].startswith("| background | deep siamese convnet")
-  # the ensemble file's rows: members 90 and 92 -> 91.0 ± 1.4, 400 trials at 0.91:
+  # the ensemble file's rows: members 90 and 92 -> 91.00 ± 1.41, 400 trials at 0.91:
   # 1.96 sqrt(0.91 * 0.09 / 400) = 2.8; the shifted ensemble's 98.0 (±1.96 sqrt(0.98
   # * 0.02 / 400) = 1.4) sorts between ARC's 98.5 and BPL's 96.7
-  assert "**91.0 ± 1.4** | 2 seeds (90.0, 92.0); ±2.8 a score |" in text
-  shifted = next(i for i, x in enumerate(lines) if "**98.0**" in x)
+  assert "**91.00 ± 1.41** | 2 seeds (90.00, 92.00); ±2.8 a score |" in text
+  shifted = next(i for i, x in enumerate(lines) if "**98.00**" in x)
   assert "ensemble of 2 seeds, test-time shifts" in lines[shifted]
   assert "| one score; ±1.4 |" in lines[shifted]
   assert "ConvARC" in lines[shifted - 1] and "BPL" in lines[shifted + 1]
-  assert "**96.0 ± 0.0** | 2 seeds (96.0, 96.0)" in text
+  assert "**96.00 ± 0.00** | 2 seeds (96.00, 96.00)" in text
   assert "| v0 | yes | 0.5000 | 0.2500 | 0.7500 |" in text
 
 
