@@ -175,7 +175,7 @@ def accuracy_bars(
     ax.plot(100 * np.asarray(pts), [yi] * len(pts), "k.", ms=5)
   for yi, v, pts in zip(y, values, points, strict=True):
     right = 100 * max([v, *pts])
-    ax.text(right + 0.4, yi, f"{100 * v:.1f}", va="center", fontsize=8)
+    ax.text(right + 0.4, yi, f"{round(100 * v, 2):g}", va="center", fontsize=8)
   lo = max(0.0, 100 * min(values) - 10)
   ax.set(yticks=y, yticklabels=labels, xlim=(lo, 100), xlabel="accuracy, %")
   ax.tick_params(axis="y", labelsize=8)
