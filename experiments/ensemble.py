@@ -13,7 +13,9 @@ The ensemble of M encoders embeds an image as the concatenation of its M
 L2-normalised embeddings divided by sqrt(M), whose squared Euclidean distance is the
 mean of the members' squared distances: a nearest-neighbour rule on the mean
 distance. Test-time shifts: ``train.tta_embedder`` (the normalised mean embedding of
-the 9 one-pixel shifts of an image). The within-alphabet episodes are those of
+the 9 one-pixel shifts of an image). Each encoder embeds the data once a setting
+of the shifts, and the ensemble is built from those arrays. The within-alphabet
+episodes are those of
 ``train.py`` (seed 0), so a member without shifts scores what its ``metrics.json``
 says.
 """
@@ -72,34 +74,51 @@ def load_members(workdirs) -> tuple[dict, list]:
   return first, members
 
 
-def score(embed, config: dict, test, runs) -> dict:
+ENSEMBLE = "ensemble of"  # the name of a result's ensemble rows: "ensemble of M"
+
+
+def is_ensemble(row: dict) -> bool:
+  """Whether a row of an ``ensemble.py`` result is an ensemble (else a member)."""
+  return row["encoder"].startswith(ENSEMBLE)
+
+
+def embeddings(embed, test, runs) -> dict[str, np.ndarray]:
+  """The held-out set's embeddings and, with ``runs``, the official runs' (their
+  training and test images, ``train.run_images``), computed once an encoder."""
+  out = {"test": embed(test.images)}  # as stored: the encoder's preprocessing
+  if runs is not None:
+    out["run_train"], out["run_test"] = map(embed, train.run_images(runs))
+  return out
+
+
+def score(emb: dict, config: dict, test, runs) -> dict:
   """P@1 and MAP@R of the held-out set, train.py's within-alphabet episodes and,
-  with ``holdout=test``, the official runs."""
-  emb = embed(test.images)  # as stored: the encoder's preprocessing makes them float
-  out = evaluation.retrieval_metrics(emb, test.labels)
+  with ``runs``, the official runs, from ``embeddings``' arrays."""
+  out = evaluation.retrieval_metrics(emb["test"], test.labels)
   metrics = {k: out[k] for k in ("precision_at_1", "map_at_r")}
   if test.groups is not None:
     episodes = dict(ways=config.get("ways", 20), episodes=config.get("episodes", 200))
     acc, ways = train._one_shot_episodes(
-      emb, test.labels, groups=test.groups, **episodes, seed=0
+      emb["test"], test.labels, groups=test.groups, **episodes, seed=0
     )
     metrics[f"{ways}way_within_alphabet"] = acc
   if runs is not None:
-    metrics["official"] = train._official(embed, runs, prepare=np.asarray)
+    metrics["official"] = train.official_accuracy(
+      emb["run_train"], emb["run_test"], runs
+    )
   return metrics
 
 
-def concatenated(embeds):
-  """images -> the members' normalised embeddings side by side, / sqrt(M)."""
+def concatenated(members: list[dict]) -> dict[str, np.ndarray]:
+  """The members' ``embeddings``, each L2-normalised, side by side / sqrt(M)."""
 
-  def embed(images):
-    parts = [e(images) for e in embeds]
+  def join(parts):
     parts = [
       p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts
     ]
     return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
-  return embed
+  return {key: join([m[key] for m in members]) for key in members[0]}
 
 
 def evaluate(workdirs) -> dict:
@@ -107,14 +126,16 @@ def evaluate(workdirs) -> dict:
   _, test, runs = train.load_data(config)
   rows = []
   for tta in (False, True):
-    embeds = [lambda x, e=e: e.embed(x, batch_size=512) for _, e in members]
-    if tta:
-      embeds = [train.tta_embedder(e) for e in embeds]
-    named = [(name, e) for (name, _), e in zip(members, embeds, strict=True)]
+    named = []
+    for name, encoder in members:
+      embed = lambda x, e=encoder: e.embed(x, batch_size=512)
+      named.append(
+        (name, embeddings(train.tta_embedder(embed) if tta else embed, test, runs))
+      )
     if len(members) > 1:
-      named.append((f"ensemble of {len(members)}", concatenated(embeds)))
-    for name, embed in named:
-      rows.append({"encoder": name, "tta": tta, **score(embed, config, test, runs)})
+      named.append((f"{ENSEMBLE} {len(members)}", concatenated([e for _, e in named])))
+    for name, emb in named:
+      rows.append({"encoder": name, "tta": tta, **score(emb, config, test, runs)})
       print(rows[-1], flush=True)
   return {
     "workdirs": [str(w) for w in workdirs],
@@ -122,6 +143,18 @@ def evaluate(workdirs) -> dict:
     "config": {k: config.get(k) for k in DATA_KEYS},
     "rows": rows,
   }
+
+
+def rows_table(rows: list[dict]) -> str:
+  """A result's rows as a Markdown table: encoder, shifts, each metric they hold."""
+  keys = [k for k in METRICS if rows[0].get(k) is not None]
+  return markdown_table(
+    ["encoder", "test-time shifts", *keys],
+    [
+      [r["encoder"], "yes" if r["tta"] else "no", *(f"{r[k]:.4f}" for k in keys)]
+      for r in rows
+    ],
+  )
 
 
 def main(argv=None) -> dict:
@@ -134,16 +167,7 @@ def main(argv=None) -> dict:
     ["python experiments/ensemble.py", *(argv or sys.argv[1:])]
   )
   result["machine"] = train.machine()
-  keys = [k for k in METRICS if k in result["rows"][0]]
-  print(
-    markdown_table(
-      ["encoder", "test-time shifts", *keys],
-      [
-        [r["encoder"], "yes" if r["tta"] else "no", *(f"{r[k]:.4f}" for k in keys)]
-        for r in result["rows"]
-      ],
-    )
-  )
+  print(rows_table(result["rows"]))
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
   return result

@@ -29,13 +29,14 @@ from scipy import stats
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "benchmarks"))  # machine.write_generated
 
+import ensemble  # noqa: E402
 import figures  # noqa: E402
 import registry  # noqa: E402
+from machine import BEGIN, END, write_generated  # noqa: E402, F401 (the markers)
 from sweep import markdown_table as table  # noqa: E402
 from sweep import sample_std  # noqa: E402
-
-BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
 # 20-way within-alphabet one-shot accuracy of published methods, mostly from Lake,
 # Salakhutdinov & Tenenbaum, Science 2015 (and its supplement), on the same 20 runs:
@@ -160,7 +161,7 @@ def ensemble_rows(result: dict) -> list[list[str]]:
   rows = []
   for tta in (False, True):
     rs = [r for r in result["rows"] if r["tta"] == tta]
-    members = [r["official"] for r in rs if not r["encoder"].startswith("ensemble")]
+    members = [r["official"] for r in rs if not ensemble.is_ensemble(r)]
     label = ", test-time shifts" if tta else ""
     protocol = OURS_PROTOCOL.format(size=size) + (TTA if tta else "")
     v = 100 * np.array(members)
@@ -174,30 +175,17 @@ def ensemble_rows(result: dict) -> list[list[str]]:
         protocol,
       ]
     )
-    for r in rs:
-      if r["encoder"].startswith("ensemble"):
-        rows.append(
-          [
-            split,
-            f"**metriclearn: {r['encoder']} seeds{label}**",
-            f"**{100 * r['official']:.2f}**",
-            f"one score; ±{binomial(r['official']):.1f}",
-            protocol + "; the seeds' embeddings concatenated",
-          ]
-        )
+    for r in filter(ensemble.is_ensemble, rs):
+      rows.append(
+        [
+          split,
+          f"**metriclearn: {r['encoder']} seeds{label}**",
+          f"**{100 * r['official']:.2f}**",
+          f"one score; ±{binomial(r['official']):.1f}",
+          protocol + "; the seeds' embeddings concatenated",
+        ]
+      )
   return rows
-
-
-def validation_table(result: dict) -> str:
-  """Every encoder of an ``ensemble.py`` result on its held-out data."""
-  keys = [k for k in ("precision_at_1", "map_at_r", "20way_within_alphabet")]
-  return table(
-    ["encoder", "test-time shifts", *keys],
-    [
-      [r["encoder"], "yes" if r["tta"] else "no", *(f"{r[k]:.4f}" for k in keys)]
-      for r in result["rows"]
-    ],
-  )
 
 
 def oneshot(runs, out: pathlib.Path, ensembles=()) -> str:
@@ -265,15 +253,14 @@ def oneshot(runs, out: pathlib.Path, ensembles=()) -> str:
       continue
     split = result["config"].get("train_split", "background")
     shifted = [r for r in result["rows"] if r["tta"]]
-    accs = [r["official"] for r in shifted if not r["encoder"].startswith("ensemble")]
+    accs = [r["official"] for r in shifted if not ensemble.is_ensemble(r)]
     labels.append(f"metriclearn, test-time shifts [{split}]")
     values.append(float(np.mean(accs)))
     points.append(accs)
-    for r in shifted:
-      if r["encoder"].startswith("ensemble"):
-        labels.append(f"metriclearn, {r['encoder']} + shifts [{split}]")
-        values.append(r["official"])
-        points.append([])
+    for r in filter(ensemble.is_ensemble, shifted):
+      labels.append(f"metriclearn, {r['encoder']} + shifts [{split}]")
+      values.append(r["official"])
+      points.append([])
   figures.accuracy_bars(
     labels, values, points, folder / "accuracy.png", highlight="metriclearn"
   )
@@ -291,7 +278,7 @@ def oneshot(runs, out: pathlib.Path, ensembles=()) -> str:
       validation += [
         "### Validation: held-out background alphabets",
         f"`{result['command']}`",
-        validation_table(result),
+        ensemble.rows_table(result["rows"]),
       ]
   return "\n\n".join(
     [
@@ -509,15 +496,6 @@ def compare(runs, out: pathlib.Path, paired_runs=(), validation_runs=()) -> str:
   return "\n\n".join(parts)
 
 
-def write(out: pathlib.Path, body: str, command: str) -> None:
-  text = out.read_text() if out.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-  if BEGIN not in text or END not in text:
-    raise SystemExit(f"--out {out} has no {BEGIN} ... {END} markers.")
-  generated = f"{BEGIN}\n<!-- written by: {command} -->\n\n{body}\n{END}"
-  text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END) :]
-  out.write_text(text)
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
@@ -544,7 +522,7 @@ def main(argv=None) -> None:
   command = "python experiments/report.py " + " ".join(
     argv if argv is not None else sys.argv[1:]
   )
-  write(out, body, command)
+  write_generated(str(out), f"<!-- written by: {command} -->\n\n{body}", "Results")
   print(body)
 
 

@@ -497,14 +497,25 @@ def _pairs(labels, n, rng):
   )
 
 
+def run_images(runs) -> tuple[np.ndarray, np.ndarray]:
+  """The official runs' (training, test) images, run after run: [runs x 20, ...]."""
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  return flat(runs.train_images), flat(runs.test_images)
+
+
+def official_accuracy(train_emb, test_emb, runs) -> float:
+  """Lake's 20 official runs scored from the embeddings of ``run_images(runs)``."""
+  shape = (*runs.train_images.shape[:2], -1)
+  return evaluation.omniglot_one_shot(
+    np.reshape(train_emb, shape), np.reshape(test_emb, shape), runs.answers
+  )["accuracy"]
+
+
 def _official(embed, runs, prepare=_images) -> float:
   """Lake's 20 official runs scored with ``embed`` (``prepare``'d images ->
   embeddings)."""
-  flat = lambda x: prepare(x.reshape(-1, *x.shape[2:]))
-  shape = (*runs.train_images.shape[:2], -1)
-  tr = embed(flat(runs.train_images)).reshape(shape)
-  te = embed(flat(runs.test_images)).reshape(shape)
-  return evaluation.omniglot_one_shot(tr, te, runs.answers)["accuracy"]
+  tr, te = run_images(runs)
+  return official_accuracy(embed(prepare(tr)), embed(prepare(te)), runs)
 
 
 def raw_pixels(test, runs) -> dict:

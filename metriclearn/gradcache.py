@@ -77,7 +77,9 @@ def make_gradcache_step(
       step compiles its parts itself and must not be traced); XLA:CPU runs a
       convolution's weight gradient inside a loop body far slower than outside one
       (jax-ml/jax#12868; a Conv-4 step 46x slower, ``benchmarks/gradcache.md``), so
-      this is the form for convolutional encoders on the CPU.
+      this is the form for convolutional encoders on the CPU. Its update donates
+      the state it is given (as ``jax.jit(step, donate_argnums=0)`` does for
+      'scan'): keep the returned state, not the one passed in.
 
   Returns:
     ``step(state, batch)``; metrics hold the global mean ``loss`` and ``grad_norm``.
