@@ -153,6 +153,17 @@ def test_ensemble_distance_is_the_mean_of_the_members_squared_distances():
   assert not ensemble.is_ensemble({"encoder": "run_s0"})
 
 
+@pytest.mark.parametrize("split", ["small1", "small2"])
+def test_small_set_configurations_are_the_background_one_on_their_split(split):
+  # the final small-set configurations differ from the background one in the
+  # training split alone
+  configs = ROOT / "experiments" / "configs"
+  small = train.load_config(configs / f"omniglot_oneshot_{split}.py")
+  background = train.load_config(configs / "omniglot_oneshot.py")
+  assert small["train_split"] == split and background["train_split"] == "background"
+  assert {**small, "train_split": "background"} == background
+
+
 def test_digits_configuration_runs_with_smoke(tmp_path):
   config = str(ROOT / "experiments" / "configs" / "digits.py")
   result = train.main(
