@@ -2,7 +2,8 @@
 
 Command:  python experiments/train.py --config experiments/configs/omniglot_oneshot.py \
               --seed 0      (and --seed 1, --seed 2)
-          small-set variants: --set train_split=small1 (or small2)
+          small-set variants: --set train_split=small1 (or small2), the files
+          omniglot_oneshot_small1.py and omniglot_oneshot_small2.py
 Expected: official 20-way within-alphabet one-shot accuracy above Koch et al.'s 92.0%
 (Lake et al. 2015's table: deep convnet 86.5%, siamese convnet 92.0%, people 95.5%,
 BPL 96.7%; trained on small1 / small2 only: deep convnet 76.0% / 77.7%).
