@@ -164,6 +164,14 @@ def test_small_set_configurations_are_the_background_one_on_their_split(split):
   assert {**small, "train_split": "background"} == background
 
 
+def test_long_configuration_is_the_background_one_twice_as_long():
+  configs = ROOT / "experiments" / "configs"
+  long = train.load_config(configs / "omniglot_oneshot_long.py")
+  background = train.load_config(configs / "omniglot_oneshot.py")
+  assert (long["steps"], background["steps"]) == (6000, 3000)
+  assert {**long, "steps": 3000} == background
+
+
 def test_digits_configuration_runs_with_smoke(tmp_path):
   config = str(ROOT / "experiments" / "configs" / "digits.py")
   result = train.main(
