@@ -29,12 +29,12 @@ from scipy import stats
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent / "benchmarks"))  # machine.write_generated
+sys.path.append(str(HERE.parent / "benchmarks"))  # machine.write_generated
 
 import ensemble  # noqa: E402
 import figures  # noqa: E402
 import registry  # noqa: E402
-from machine import BEGIN, END, write_generated  # noqa: E402, F401 (the markers)
+from machine import BEGIN, END, write_generated  # noqa: E402
 from sweep import markdown_table as table  # noqa: E402
 from sweep import sample_std  # noqa: E402
 
@@ -275,8 +275,10 @@ def oneshot(runs, out: pathlib.Path, ensembles=()) -> str:
   validation = []
   for result in ensembles:
     if result["holdout"] == "validation":
+      where = sorted({str(pathlib.Path(w).parent) for w in result.get("workdirs", [])})
       validation += [
-        "### Validation: held-out background alphabets",
+        "### Validation: held-out background alphabets"
+        + (f" ({', '.join(where)})" if where else ""),
         f"`{result['command']}`",
         ensemble.rows_table(result["rows"]),
       ]
@@ -522,6 +524,8 @@ def main(argv=None) -> None:
   command = "python experiments/report.py " + " ".join(
     argv if argv is not None else sys.argv[1:]
   )
+  if out.exists() and not all(m in out.read_text() for m in (BEGIN, END)):
+    raise SystemExit(f"--out {out} has no {BEGIN} ... {END} markers.")
   write_generated(str(out), f"<!-- written by: {command} -->\n\n{body}", "Results")
   print(body)
 
