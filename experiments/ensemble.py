@@ -141,6 +141,10 @@ def evaluate(workdirs) -> dict:
     "workdirs": [str(w) for w in workdirs],
     "holdout": config.get("holdout", "test"),
     "config": {k: config.get(k) for k in DATA_KEYS},
+    "steps": [
+      json.loads((pathlib.Path(w) / "config.json").read_text()).get("steps")
+      for w in workdirs
+    ],  # each member's training steps (not a data key: they may differ)
     "rows": rows,
   }
 

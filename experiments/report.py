@@ -152,6 +152,13 @@ def copy_figures(run, folder: pathlib.Path, prefix: str, names) -> list[str]:
 TTA = "; at test time the mean embedding of 9 one-pixel shifts"
 
 
+def steps_label(result: dict) -> str:
+  """', 6,000 steps' where an ``ensemble.py`` result's members trained that long
+  (results written before 2026-12-04 do not say: '')."""
+  steps = set(result.get("steps", []))
+  return f", {steps.pop():,} steps" if len(steps) == 1 else ""
+
+
 # our official scores with 2 decimals: a score of 400 trials is a multiple of 0.25 %
 def ensemble_rows(result: dict) -> list[list[str]]:
   """The official-runs rows of an ``ensemble.py`` result (``holdout=test``): its
@@ -162,7 +169,7 @@ def ensemble_rows(result: dict) -> list[list[str]]:
   for tta in (False, True):
     rs = [r for r in result["rows"] if r["tta"] == tta]
     members = [r["official"] for r in rs if not ensemble.is_ensemble(r)]
-    label = ", test-time shifts" if tta else ""
+    label = steps_label(result) + (", test-time shifts" if tta else "")
     protocol = OURS_PROTOCOL.format(size=size) + (TTA if tta else "")
     v = 100 * np.array(members)
     seeds = ", ".join(f"{x:.2f}" for x in v)
@@ -254,11 +261,12 @@ def oneshot(runs, out: pathlib.Path, ensembles=()) -> str:
     split = result["config"].get("train_split", "background")
     shifted = [r for r in result["rows"] if r["tta"]]
     accs = [r["official"] for r in shifted if not ensemble.is_ensemble(r)]
-    labels.append(f"metriclearn, test-time shifts [{split}]")
+    label = f"metriclearn{steps_label(result)}"
+    labels.append(f"{label}, test-time shifts [{split}]")
     values.append(float(np.mean(accs)))
     points.append(accs)
     for r in filter(ensemble.is_ensemble, shifted):
-      labels.append(f"metriclearn, {r['encoder']} + shifts [{split}]")
+      labels.append(f"{label}, {r['encoder']} + shifts [{split}]")
       values.append(r["official"])
       points.append([])
   figures.accuracy_bars(

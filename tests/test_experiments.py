@@ -353,6 +353,7 @@ def test_report_puts_official_accuracy_beside_lake(tmp_path):
   test = {
     "holdout": "test",
     "config": {"image_size": 28, "train_split": "background"},
+    "steps": [6000, 6000],
     "rows": [
       row("s0", False, 0.90),
       row("s1", False, 0.92),
@@ -383,7 +384,7 @@ def test_report_puts_official_accuracy_beside_lake(tmp_path):
   # * 0.02 / 400) = 1.4) sorts between ARC's 98.5 and BPL's 96.7
   assert "**91.00 ± 1.41** | 2 seeds (90.00, 92.00); ±2.8 a score |" in text
   shifted = next(i for i, x in enumerate(lines) if "**98.00**" in x)
-  assert "ensemble of 2 seeds, test-time shifts" in lines[shifted]
+  assert "ensemble of 2 seeds, 6,000 steps, test-time shifts" in lines[shifted]
   assert "| one score; ±1.4 |" in lines[shifted]
   assert "ConvARC" in lines[shifted - 1] and "BPL" in lines[shifted + 1]
   assert "**96.00 ± 0.00** | 2 seeds (96.00, 96.00)" in text
