@@ -189,7 +189,10 @@ def test_jit_equals_eager_and_bfloat16_is_computed_in_float32(name):
   e32 = jnp.asarray(e, jnp.float32)
   eager = fn(e32, jnp.asarray(labels), **options)
   jitted = jax.jit(lambda x, y: fn(x, y, **options))(e32, jnp.asarray(labels))
-  np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-7, err_msg=name)
+  # XLA fuses and reorders float32 reductions under jit: eager and jitted agree to a
+  # few ulps, not bit for bit (on an AMD EPYC 'instance' differed by 1.5e-6 relative,
+  # 4 ulps at 0.327); 1e-5 is ~80 ulps, far below any change of formula
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-7, err_msg=name)
   low = e32.astype(jnp.bfloat16)
   got = fn(low, jnp.asarray(labels), **options)
   assert got.dtype == jnp.float32, name
