@@ -53,8 +53,8 @@ DATA_KEYS = (
 METRICS = ("precision_at_1", "map_at_r", "20way_within_alphabet", "official")
 
 
-def load_members(workdirs) -> tuple[dict, list]:
-  """(the shared configuration, [(name, loaded encoder)]); a difference in what
+def load_members(workdirs) -> tuple[list[dict], list]:
+  """(the members' configurations, [(name, loaded encoder)]); a difference in what
   decides the data is refused, naming the key and the two workdirs."""
   configs, members = [], []
   for w in map(pathlib.Path, workdirs):
@@ -71,7 +71,7 @@ def load_members(workdirs) -> tuple[dict, list]:
           f"{workdirs[0]} and {w} differ in {key!r} ({first.get(key)!r} against "
           f"{c.get(key)!r}): their held-out data would differ."
         )
-  return first, members
+  return configs, members
 
 
 ENSEMBLE = "ensemble of"  # the name of a result's ensemble rows: "ensemble of M"
@@ -122,7 +122,8 @@ def concatenated(members: list[dict]) -> dict[str, np.ndarray]:
 
 
 def evaluate(workdirs) -> dict:
-  config, members = load_members(workdirs)
+  configs, members = load_members(workdirs)
+  config = configs[0]  # they agree on DATA_KEYS
   _, test, runs = train.load_data(config)
   rows = []
   for tta in (False, True):
@@ -141,10 +142,8 @@ def evaluate(workdirs) -> dict:
     "workdirs": [str(w) for w in workdirs],
     "holdout": config.get("holdout", "test"),
     "config": {k: config.get(k) for k in DATA_KEYS},
-    "steps": [
-      json.loads((pathlib.Path(w) / "config.json").read_text()).get("steps")
-      for w in workdirs
-    ],  # each member's training steps (not a data key: they may differ)
+    # each member's training steps (not a data key: they may differ)
+    "steps": [c.get("steps") for c in configs],
     "rows": rows,
   }
 
