@@ -48,12 +48,18 @@ def restore(directory, step=None):
 
 
 def saved_steps(directory):
-  """The steps of the completely written checkpoints."""
-  manager = training.checkpoint_manager(directory)
-  try:
-    return sorted(manager.all_steps())
-  finally:
-    manager.close()
+  """The steps of the completely written checkpoints. Read while a running process
+  saves and prunes: a step directory can vanish between the listing and its stat
+  (FileNotFoundError), so the reading is retried."""
+  for attempt in range(10):
+    manager = training.checkpoint_manager(directory)
+    try:
+      return sorted(manager.all_steps())
+    except FileNotFoundError:
+      if attempt == 9:
+        raise
+    finally:
+      manager.close()
 
 
 def worker_process(*args, delay: float = 0.0):
